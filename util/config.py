@@ -742,7 +742,8 @@ class _ValueParser:
                 raise self.fail("expected ',' or ')'")
         self.expect("PCLOSE")
         try:
-            return _call_function(name, args, kwargs)
+            return _call_function(name, [_unquote(a) for a in args],
+                                  {k: _unquote(v) for k, v in kwargs.items()})
         except ConfigError:
             raise
         except Exception as e:
@@ -1548,10 +1549,14 @@ class _Resolver:
                 f"Set it (export {var}=...) or give a default: ${{oc.env:{var},<default>}}")
         if name == "now":
             return self.now.strftime(str(args[0]) if args else "")
-        if name == "hydra":
+        if name == "hydra":  # OmegaConf.select semantics: absent or '???' gives None
             key = str(args[0]) if args else ""
-            target = self.select(("hydra",) + tuple(key.split(".")), path)
-            return self._target(self.resolve_path(target), target, path)
+            try:
+                target = self.select(("hydra",) + tuple(key.split(".")), path)
+            except ConfigError:
+                return None
+            value = self.resolve_path(target)
+            return None if isinstance(value, str) and value == MISSING else _copy(value)
         if name == "oc.select":
             key = str(args[0])
             try:
@@ -1565,6 +1570,23 @@ class _Resolver:
             return _unquote(_ValueParser(_tokenize_value(text, text), text).element()) if text else ""
         raise ConfigError(f"Unsupported interpolation type {name}{where}\n"
                           "Known resolvers: oc.env, oc.select, oc.decode, now, hydra.")
+
+
+# Fields of Hydra's structured HydraConf that are typed str: their resolved values are strings.
+_HYDRA_STR_FIELDS = (("run", "dir"), ("sweep", "dir"), ("sweep", "subdir"), ("output_subdir",),
+                     ("job", "name"), ("job", "id"), ("job", "override_dirname"), ("runtime", "output_dir"))
+
+
+def _resolve_hydra(resolver: _Resolver, node: Any) -> Any:
+    out = _resolve_lenient(resolver, node, ("hydra",))
+    for field in _HYDRA_STR_FIELDS:
+        parent = out
+        for part in field[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and parent.get(field[-1]) is not None \
+                and not isinstance(parent[field[-1]], str):
+            parent[field[-1]] = str(parent[field[-1]])
+    return out
 
 
 def _resolve_lenient(resolver: _Resolver, value: Any, path: tuple) -> Any:
@@ -1724,7 +1746,7 @@ def compose(config_dir: str, config_name: str, overrides: Iterable[str] = (), *,
         if key == "hydra":
             continue
         out[key] = resolver.resolve_path((key,))
-    return Config({"hydra": _resolve_lenient(resolver, cfg["hydra"], ("hydra",)), **out})
+    return Config({"hydra": _resolve_hydra(resolver, cfg["hydra"]), **out})
 
 
 def resolve(cfg: dict, now: Optional[_dt.datetime] = None, strict: bool = True) -> Config:
@@ -1735,7 +1757,7 @@ def resolve(cfg: dict, now: Optional[_dt.datetime] = None, strict: bool = True) 
     resolver = _Resolver(_plain(cfg), now or _dt.datetime.now())
     out = {}
     if "hydra" in cfg:
-        out["hydra"] = _resolve_lenient(resolver, resolver.root["hydra"], ("hydra",))
+        out["hydra"] = _resolve_hydra(resolver, resolver.root["hydra"])
     for key in cfg:
         if key != "hydra":
             out[key] = resolver.resolve_path((key,)) if strict else \
