@@ -8,15 +8,13 @@ import logging
 import sys
 
 from util.cli import run_cli
-from util.config import Config, ConfigError, to_yaml
+from util.config import Config, ConfigError
 
 log = logging.getLogger("main_artifacts")
 
 
 def main(cfg: Config) -> dict:
     """Run the artifacts task described by `cfg`; returns its final metrics (the sweep objective)."""
-    if cfg.get("extras", {}).get("print_config", False):
-        log.info("config:\n%s", to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
     if cfg.get("model") is None:
         log.warning("no model selected (model=null): the composed config was written to %s and "
                     "nothing was trained. Choose an experiment, e.g. experiment=<name>.",

@@ -213,3 +213,11 @@ def test_torchrun_ranks_share_one_run_directory(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = only_dir(tmp_path / "finetune" / "runs")
     assert os.path.isfile(os.path.join(run_dir, ".hydra", "config.yaml"))
+
+
+def test_enforce_tags_refuses_an_untagged_run(tmp_path):
+    res = run_main("main_finetune.py", f"paths.log_dir={tmp_path}", "tags=[]")
+    assert res.returncode == 2
+    assert "tags are empty" in res.stderr and "Traceback" not in res.stderr
+    res = run_main("main_finetune.py", f"paths.log_dir={tmp_path}", "tags=[]", "extras.enforce_tags=false")
+    assert res.returncode == 0, res.stderr

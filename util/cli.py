@@ -173,6 +173,20 @@ def seed_everything(seed: Optional[int]) -> None:
     torch.manual_seed(seed)
 
 
+def apply_extras(cfg: Config) -> None:
+    """The ``extras`` group: silence warnings, insist on tags, print the config."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    if extras.get("enforce_tags") and not cfg.get("tags"):
+        raise ConfigError("tags are empty but extras.enforce_tags is true: name the run, e.g. "
+                          "tags=[ecg,baseline], or set extras.enforce_tags=false.")
+    if extras.get("print_config"):
+        log.info("config:\n%s", to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
+
+
 def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job_name: str,
              now: dt.datetime, mode: str, job_num: Optional[int]) -> tuple[dict, str]:
     tree = compose(config_dir, name, overrides, mode=mode, job_num=job_num, job_name=job_name,
@@ -190,6 +204,7 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
     log.info("output directory: %s", output_dir)
     if tree["hydra"]["overrides"]["task"]:
         log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
+    apply_extras(cfg)
     seed_everything(cfg.get("seed"))
     metrics = main(cfg)
     return (dict(metrics) if metrics else {}), output_dir
