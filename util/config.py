@@ -106,6 +106,7 @@ def _to_config(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    """A deep copy made of plain ``dict``/``list`` (also used to never alias merged sources)."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -1196,14 +1197,6 @@ def _build_defaults(repo: _Repo, config_name: str, overrides: list[Override], sk
 # Merging (OmegaConf merge rules on plain trees)
 # ----------------------------------------------------------------------------------------
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
 def _merge(dest: dict, src: dict, where: str = "") -> None:
     """Merge ``src`` into ``dest`` in place: dicts recursively, lists and scalars replace.
 
@@ -1221,7 +1214,7 @@ def _merge(dest: dict, src: dict, where: str = "") -> None:
                 kinds = {dict: "a mapping", list: "a list"}
                 raise ConfigError(f"Cannot merge {kinds[type(value)]} into {kinds[type(current)]} "
                                   f"at '{where}{key}'.")
-        dest[key] = _copy(value)
+        dest[key] = _plain(value)
 
 
 def _embed(body: Optional[dict], package: str) -> dict:
@@ -1310,7 +1303,7 @@ def _update(cfg: dict, key: str, value: Any, force_add: bool, line: str) -> None
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"Error merging override {line}\nlist index '{last}' out of range")
-        node[int(last)] = _copy(value)
+        node[int(last)] = _plain(value)
         return
     if last not in node and not force_add:
         raise refuse()
@@ -1321,7 +1314,7 @@ def _update(cfg: dict, key: str, value: Any, force_add: bool, line: str) -> None
                 raise refuse()
         _merge(node[last], value)
         return
-    node[last] = _copy(value)
+    node[last] = _plain(value)
 
 
 def _new_keys(dest: dict, src: dict, prefix: str = "") -> Iterable[str]:
@@ -1495,7 +1488,7 @@ class _Resolver:
             raise ConfigError(f"Interpolation to a missing value: '{self._full_key(target)}' is '???'\n"
                               f"    full_key: {self._full_key(path)}\n"
                               f"Set '{self._full_key(target)}' in a config or on the command line.")
-        return _copy(value)
+        return _plain(value)
 
     def interpolate(self, inner: str, path: tuple) -> Any:
         call = _RESOLVER_CALL.match(inner)
@@ -1556,7 +1549,7 @@ class _Resolver:
             except ConfigError:
                 return None
             value = self.resolve_path(target)
-            return None if isinstance(value, str) and value == MISSING else _copy(value)
+            return None if isinstance(value, str) and value == MISSING else _plain(value)
         if name == "oc.select":
             key = str(args[0])
             try:
