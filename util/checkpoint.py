@@ -1,0 +1,206 @@
+"""Checkpoints: atomic writes, last + best-k by a monitored metric, full resume state.
+
+A checkpoint is a plain dict of tensors and Python values, readable with
+``torch.load(weights_only=True)``: ``model``, ``optimizer``, ``scaler``, ``epoch`` (the last
+finished epoch), ``step`` (optimizer steps so far), ``rng``, ``best``, ``early_stop``,
+``metrics``, ``config`` (the run's config as YAML text) and ``format_version``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from util.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LAST = "last.pt"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read or does not fit the run (bad input: exit code 2)."""
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint safely (``weights_only=True``); a bad file is a ``CheckpointError``."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist. Check ckpt_path (or use resume=auto "
+                              "with the run directory that holds checkpoints/last.pt).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, pickled objects, not a torch file
+        raise CheckpointError(f"cannot read checkpoint '{path}': {type(e).__name__}: {e}. It is corrupted "
+                              "or not a checkpoint of this project (pickled objects are refused).") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"'{path}' is not a training checkpoint: it has no 'model' entry "
+                              f"(keys: {list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__}).")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain values (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class CheckpointManager:
+    """Keeps ``last.pt`` (the resume point) and the ``save_top_k`` best epochs by ``monitor``."""
+
+    def __init__(self, dirpath: str, *, monitor: Optional[str] = None, mode: str = "min",
+                 save_top_k: int = 1, save_last: bool = True, filename: str = "epoch_{epoch:03d}",
+                 every_n_epochs: int = 1) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigError(f"callbacks.model_checkpoint.mode must be 'min' or 'max', got '{mode}'")
+        self.dirpath = dirpath
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last if save_last is not None else True
+        self.filename = filename or "epoch_{epoch:03d}"
+        self.every_n_epochs = max(int(every_n_epochs or 1), 1)
+        self.best: list[dict] = []  # [{"path", "score", "epoch"}], best first
+
+    def state_dict(self) -> dict:
+        return {"best": [dict(b) for b in self.best]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = [dict(b) for b in state.get("best", [])]
+
+    @property
+    def best_path(self) -> Optional[str]:
+        return self.best[0]["path"] if self.best else None
+
+    def save(self, state: dict, epoch: int, metrics: dict) -> None:
+        """Save after ``epoch`` (0-based): best-k when ``monitor`` improved, and ``last.pt``."""
+        if self.save_top_k != 0 and (epoch + 1) % self.every_n_epochs == 0:
+            self._save_best(state, epoch, metrics)
+        if self.save_last:
+            state = dict(state, best=self.state_dict())
+            atomic_torch_save(state, os.path.join(self.dirpath, LAST))
+
+    def _save_best(self, state: dict, epoch: int, metrics: dict) -> None:
+        score = None
+        if self.monitor is not None:
+            if self.monitor not in metrics:
+                log.warning("checkpoint monitor '%s' is not among the logged metrics (%s); keeping the "
+                            "latest checkpoint instead", self.monitor, ", ".join(sorted(metrics)))
+            else:
+                score = float(metrics[self.monitor])
+                if not math.isfinite(score):
+                    return
+        path = os.path.join(self.dirpath, self.filename.format(epoch=epoch) + ".pt")
+        entry = {"path": path, "score": score, "epoch": epoch}
+        if score is None:  # no monitor: newest first
+            ranked = [entry] + [b for b in self.best if b["path"] != path]
+        else:
+            ranked = sorted([b for b in self.best if b["path"] != path] + [entry],
+                            key=lambda b: b["score"], reverse=self.mode == "max")
+        keep = ranked if self.save_top_k < 0 else ranked[:self.save_top_k]
+        if entry not in keep:
+            return
+        atomic_torch_save(dict(state, best={"best": keep}), path)
+        for b in ranked:
+            if b not in keep and b["path"] != path and os.path.exists(b["path"]):
+                os.remove(b["path"])
+        self.best = keep
+
+
+class EarlyStopping:
+    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` validations."""
+
+    def __init__(self, monitor: str, *, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
+                 check_finite: bool = True, strict: bool = True, stopping_threshold: Optional[float] = None,
+                 divergence_threshold: Optional[float] = None, **_unused: Any) -> None:
+        if monitor in (None, "???"):
+            raise ConfigError("callbacks.early_stopping.monitor is not set: name a validation metric, "
+                              "e.g. callbacks.early_stopping.monitor=val/loss")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"callbacks.early_stopping.mode must be 'min' or 'max', got '{mode}'")
+        self.monitor, self.mode, self.patience = monitor, mode, int(patience)
+        self.min_delta, self.check_finite, self.strict = abs(float(min_delta)), check_finite, strict
+        self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
+        self.best: Optional[float] = None
+        self.wait = 0
+        self.reason = ""
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))
+
+    def step(self, metrics: dict) -> bool:
+        """Record one validation; True when training should stop."""
+        if self.monitor not in metrics:
+            if self.strict:
+                raise ConfigError(f"early stopping monitors '{self.monitor}', which is not a validation metric "
+                                  f"(available: {', '.join(sorted(metrics))}); set callbacks.early_stopping.monitor")
+            return False
+        value = float(metrics[self.monitor])
+        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
+        if self.check_finite and not math.isfinite(value):
+            self.reason = f"{self.monitor} is {value}"
+            return True
+        if self.stopping_threshold is not None and (value <= self.stopping_threshold if self.mode == "min"
+                                                    else value >= self.stopping_threshold):
+            self.reason = f"{self.monitor} reached the stopping threshold {self.stopping_threshold}"
+            return True
+        if self.divergence_threshold is not None and better(self.divergence_threshold, value):
+            self.reason = f"{self.monitor} diverged past {self.divergence_threshold}"
+            return True
+        if _is_better(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.reason = f"{self.monitor} did not improve for {self.wait} validations (best {self.best:.6g})"
+            return True
+        return False

@@ -1,0 +1,95 @@
+"""Where a run's numbers go: TensorBoard, CSV and a JSON-lines file, written by rank 0 only.
+
+``logger`` configs choose TensorBoard (``logger: tensorboard``) and/or CSV (``logger: csv``);
+``<output_dir>/metrics.jsonl`` is always written so every run can be read back without TensorBoard.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any, Optional
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        value = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+class RunLogger:
+    def __init__(self, logger_cfg: Optional[dict], output_dir: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tb = None
+        self.csv_path = None
+        self.csv_fields: list[str] = []
+        self.prefix = ""
+        self.jsonl_path = os.path.join(output_dir, "metrics.jsonl")
+        if not enabled:
+            return
+        logger_cfg = logger_cfg or {}
+        tb_cfg = logger_cfg.get("tensorboard")
+        if tb_cfg is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = os.path.join(tb_cfg.get("save_dir") or os.path.join(output_dir, "tensorboard"),
+                                   tb_cfg.get("name") or "")
+            self.tb = SummaryWriter(log_dir=log_dir)
+            self.prefix = tb_cfg.get("prefix") or ""
+        csv_cfg = logger_cfg.get("csv")
+        if csv_cfg is not None:
+            folder = os.path.join(csv_cfg.get("save_dir") or output_dir, csv_cfg.get("name") or "")
+            os.makedirs(folder, exist_ok=True)
+            self.csv_path = os.path.join(folder, "metrics.csv")
+
+    def log(self, metrics: dict, step: int, **context: Any) -> None:
+        """Log scalar ``metrics`` at global ``step``; ``context`` (e.g. epoch) goes to JSON/CSV rows."""
+        if not self.enabled:
+            return
+        scalars = {k: v for k, v in ((k, _number(v)) for k, v in metrics.items()) if v is not None}
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(self.prefix + key, value, step)
+        row = {"step": step, **context, **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
+        with open(self.jsonl_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.csv_path is not None:
+            new_fields = [k for k in row if k not in self.csv_fields]
+            if new_fields:
+                self.csv_fields += new_fields
+                self._rewrite_csv_header()
+            with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.csv_fields).writerow(row)
+
+    def _rewrite_csv_header(self) -> None:
+        rows = []
+        if os.path.exists(self.csv_path):
+            with open(self.csv_path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        with open(self.csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.csv_fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log_figure(self, tag: str, figure: Any, step: int, png_path: Optional[str] = None) -> None:
+        """A matplotlib figure to TensorBoard and, when ``png_path`` is given, to a PNG file."""
+        if not self.enabled:
+            return
+        if png_path is not None:
+            os.makedirs(os.path.dirname(png_path), exist_ok=True)
+            figure.savefig(png_path, dpi=100)
+        if self.tb is not None:
+            self.tb.add_figure(self.prefix + tag, figure, step, close=False)
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_text(self.prefix + tag, text, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+            self.tb = None
