@@ -154,7 +154,7 @@ def config_copy(tmp_path):
     """A copy of configs/ with a sweep config, an experiment and hydra.mode: MULTIRUN."""
     configs = tmp_path / "configs"
     shutil.copytree(os.path.join(REPO, "configs"), configs)
-    (configs / "experiment").mkdir()
+    (configs / "experiment").mkdir(exist_ok=True)
     (configs / "experiment" / "short.yaml").write_text(textwrap.dedent("""\
         # @package _global_
         defaults:
