@@ -132,6 +132,10 @@ def main(cfg: Config) -> dict:
     distributed.init_distributed()
     trainer = cfg.trainer
     device = engine.resolve_device(trainer.accelerator, distributed.local_rank())
+    if int(trainer.get("devices") or 1) * int(trainer.get("num_nodes") or 1) > world_size:
+        log.warning("trainer.devices=%s x num_nodes=%s but this run has %d process(es): the world size "
+                    "comes from the launcher, e.g. torchrun --nproc_per_node=%s main_pretrain.py ...",
+                    trainer.get("devices"), trainer.get("num_nodes"), world_size, trainer.get("devices"))
     precision = engine.resolve_precision(trainer.precision, device)
     if trainer.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
