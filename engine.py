@@ -302,6 +302,41 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device, 
     return meter.means(device)
 
 
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: Any, *, device: torch.device, precision: Precision,
+            limit_batches: Any = None, is_main: bool = True, progress_bar: bool = True) -> tuple:
+    """Model outputs and targets for every sample of ``loader``'s dataset, in dataset order.
+
+    Returns ``(outputs (N, ...) float32 numpy, targets (N, ...) numpy)``. Under torch.distributed
+    each rank predicts its ``DistributedSampler`` shard; the shards are gathered, re-interleaved and
+    the sampler's padding repeats are dropped, so the result equals a single-process pass."""
+    model.eval()
+    total = num_batches(loader, limit_batches)
+    outputs, targets = [], []
+    for i, batch in enumerate(_progress(loader, total, "predict", progress_bar and is_main)):
+        if i >= total:
+            break
+        x, y = _to_device(batch[0], device), batch[1]
+        with precision.autocast():
+            out = model(x)
+        outputs.append(out.float().cpu())
+        targets.append(y.cpu())
+    outputs = torch.cat(outputs) if outputs else torch.zeros(0)
+    targets = torch.cat(targets) if targets else torch.zeros(0)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (outputs, targets))
+        per_rank = max(len(g[0]) for g in gathered)
+        order = [(r, i) for i in range(per_rank) for r in range(world) if i < len(gathered[r][0])]
+        outputs = torch.stack([gathered[r][0][i] for r, i in order])
+        targets = torch.stack([gathered[r][1][i] for r, i in order])
+        if limit_batches is None:
+            n = len(loader.dataset)
+            outputs, targets = outputs[:n], targets[:n]
+    return outputs.numpy(), targets.numpy()
+
+
 def is_finite_number(value: Any) -> bool:
     try:
         return math.isfinite(float(value))

@@ -8,33 +8,25 @@ See `python main_pretrain.py --help` and the README for the command line and out
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
-import time
 from typing import Optional
 
 import numpy as np
 import torch
 
 import engine
-from util import distributed
-from util.checkpoint import (LAST, CheckpointError, CheckpointManager, EarlyStopping, load_checkpoint,
-                             rng_state, set_rng_state)
+from util import distributed, runtime
+from util.checkpoint import atomic_torch_save, load_checkpoint
 from util.cli import run_cli
-from util.config import Config, ConfigError, instantiate, to_yaml
+from util.config import Config, ConfigError, instantiate
 from util.lr_decay import param_groups_weight_decay
 from util.lr_sched import absolute_lr
 from util.run_logger import RunLogger
 
 log = logging.getLogger("main_pretrain")
-
-
-def _seed_for(*parts: int) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (seed, epoch, rank, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def build_data(cfg: Config, world_size: int, rank: int):
@@ -85,40 +77,19 @@ def reconstruction_figure(model: torch.nn.Module, x: torch.Tensor, lead_names: l
     return fig
 
 
-class Profiler:
-    """``trainer.profiler``: null, ``simple`` (wall time per phase, summarised at the end) or
-    ``pytorch`` (torch.profiler over the first training epoch: a Chrome trace and a table)."""
-
-    def __init__(self, kind: Optional[str], output_dir: str, device: torch.device) -> None:
-        if kind not in (None, "simple", "pytorch"):
-            raise ConfigError(f"trainer.profiler must be null, simple or pytorch, got '{kind}'")
-        self.kind, self.output_dir, self.device = kind, output_dir, device
-        self.times: dict[str, list[float]] = {}
-        self.table = None
-
-    @contextlib.contextmanager
-    def phase(self, name: str, epoch: int):
-        if self.kind == "pytorch" and name == "train" and self.table is None:
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                yield
-            os.makedirs(os.path.join(self.output_dir, "profiler"), exist_ok=True)
-            prof.export_chrome_trace(os.path.join(self.output_dir, "profiler", f"trace_epoch{epoch:03d}.json"))
-            self.table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-            return
-        start = time.perf_counter()
-        yield
-        self.times.setdefault(name, []).append(time.perf_counter() - start)
-
-    def report(self) -> None:
-        if self.kind == "simple" and self.times:
-            rows = [f"{name:<10} {len(t):>6} {sum(t):>10.2f} {sum(t) / len(t):>10.3f}" for name, t in self.times.items()]
-            log.info("profiler (simple):\n%-10s %6s %10s %10s\n%s", "phase", "calls", "total s", "mean s",
-                     "\n".join(rows))
-        if self.table is not None:
-            log.info("profiler (pytorch, first training epoch):\n%s", self.table)
+def export_encoder(model: torch.nn.Module, best_path: Optional[str], output_dir: str,
+                   extra_path: Optional[str]) -> str:
+    """Write the encoder of the best checkpoint (else the final model) as ``{'model': state_dict}``
+    to ``<output_dir>/encoder.pth`` and, when given, to ``extra_path`` (for fine-tuning configs)."""
+    if best_path is not None:
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    payload = {"model": model.encoder_state_dict(), "source": best_path or "final model"}
+    target = os.path.join(output_dir, "encoder.pth")
+    atomic_torch_save(payload, target)
+    if extra_path:
+        atomic_torch_save(payload, extra_path)
+        log.info("exported the encoder to %s", extra_path)
+    return target
 
 
 def main(cfg: Config) -> dict:
@@ -127,19 +98,9 @@ def main(cfg: Config) -> dict:
         raise ConfigError("no model/data selected: choose an experiment, e.g. "
                           "experiment=pre_training/ecg_demo (the default)")
     output_dir = cfg.paths.output_dir
-    world_size, rank = distributed.world_size(), distributed.rank()
-    is_main = rank == 0
-    distributed.init_distributed()
     trainer = cfg.trainer
-    device = engine.resolve_device(trainer.accelerator, distributed.local_rank())
-    if int(trainer.get("devices") or 1) * int(trainer.get("num_nodes") or 1) > world_size:
-        log.warning("trainer.devices=%s x num_nodes=%s but this run has %d process(es): the world size "
-                    "comes from the launcher, e.g. torchrun --nproc_per_node=%s main_pretrain.py ...",
-                    trainer.get("devices"), trainer.get("num_nodes"), world_size, trainer.get("devices"))
-    precision = engine.resolve_precision(trainer.precision, device)
-    if trainer.get("deterministic"):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.autograd.set_detect_anomaly(bool(trainer.get("detect_anomaly")))
+    rt = runtime.setup(cfg, "main_pretrain.py")
+    device, precision, world_size, rank, is_main = rt.device, rt.precision, rt.world_size, rt.rank, rt.is_main
     fast_dev_run = bool(trainer.get("fast_dev_run"))
 
     loaders, batch_transform = build_data(cfg, world_size, rank)
@@ -157,58 +118,13 @@ def main(cfg: Config) -> dict:
     log.info("effective batch %d (batch %d x accumulate %d x world %d), lr %.3g (blr %s / divisor %s)",
              effective_batch, cfg.data.batch_size, accum, world_size, lr, cfg.model.optim.get("blr"),
              cfg.model.optim.get("lr_batch_divisor"))
-    if world_size > 1:
-        ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kw)
-
-    ckpt_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-    ckpt_dir = ckpt_cfg.get("dirpath") or os.path.join(output_dir, "checkpoints")
-    checkpoints = CheckpointManager(ckpt_dir, monitor=ckpt_cfg.get("monitor"), mode=ckpt_cfg.get("mode", "min"),
-                                    save_top_k=int(ckpt_cfg.get("save_top_k", 1)),
-                                    save_last=ckpt_cfg.get("save_last", True),
-                                    filename=ckpt_cfg.get("filename"),
-                                    every_n_epochs=ckpt_cfg.get("every_n_epochs", 1))
-    es_cfg = (cfg.get("callbacks") or {}).get("early_stopping")
-    early_stopping = EarlyStopping(**es_cfg) if es_cfg else None
-
-    start_epoch, global_step, history = 0, 0, {}
-    resume_from = cfg.get("ckpt_path")
-    if resume_from is None and cfg.get("resume") == "auto":
-        candidate = os.path.join(ckpt_dir, LAST)
-        resume_from = candidate if os.path.isfile(candidate) else None
-        if resume_from is None:
-            log.info("resume=auto: no checkpoint in %s yet; starting from scratch", ckpt_dir)
-    elif cfg.get("resume") not in (None, "auto"):
-        raise ConfigError(f"resume must be null or 'auto', got '{cfg.get('resume')}'")
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        try:
-            engine.unwrap(model).load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint '{resume_from}' does not fit this model/optimizer: {e}") from None
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        checkpoints.load_state_dict(ckpt.get("best") or {})
-        if early_stopping is not None and ckpt.get("early_stop"):
-            early_stopping.load_state_dict(ckpt["early_stop"])
-        if ckpt.get("rng"):
-            set_rng_state(ckpt["rng"])
-        start_epoch, global_step = int(ckpt["epoch"]) + 1, int(ckpt["step"])
-        history = dict(ckpt.get("metrics") or {})
-        log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, global_step)
+    model = runtime.wrap_ddp(model, rt)
+    checkpoints, early_stopping, ckpt_dir = runtime.checkpointing(cfg)
+    start_epoch, global_step, history = runtime.resume(cfg, ckpt_dir, model, optimizer, scaler, checkpoints,
+                                                       early_stopping)
 
     run_logger = RunLogger(cfg.get("logger"), output_dir, enabled=is_main)
-    settings = engine.LoopSettings(
-        lr=lr, min_lr=float(cfg.model.optim.get("min_lr", 0.0)),
-        warmup_epochs=float(cfg.model.optim.get("warmup_epochs", 0)),
-        schedule_epochs=float(cfg.model.optim.get("epochs") or trainer.max_epochs),
-        accumulate_grad_batches=accum, gradient_clip_val=trainer.get("gradient_clip_val"),
-        log_every_n_steps=int(trainer.get("log_every_n_steps") or 50),
-        limit_train_batches=1 if fast_dev_run else trainer.get("limit_train_batches"),
-        limit_val_batches=1 if fast_dev_run else trainer.get("limit_val_batches"),
-        max_nonfinite_steps=int(trainer.get("max_nonfinite_steps") or 5),
-        progress_bar=bool(trainer.get("enable_progress_bar", True)))
+    settings = runtime.loop_settings(cfg, lr)
     max_epochs = 1 if fast_dev_run else int(trainer.max_epochs)
     val_every = max(int(trainer.get("check_val_every_n_epoch") or 1), 1)
     val_loader = loaders["val"]
@@ -216,15 +132,15 @@ def main(cfg: Config) -> dict:
     if overfit:  # train and validate on the same first batches, in the same order every epoch
         settings.limit_train_batches = settings.limit_val_batches = overfit
         val_loader = loaders["train"]
-    profiler = Profiler(trainer.get("profiler"), output_dir, device)
+    profiler = runtime.Profiler(trainer.get("profiler"), output_dir, device)
     nonfinite = 0
-    val_gen_seed = _seed_for(cfg.seed, 2**31 - 1)
+    val_gen_seed = runtime.seed_for(cfg.seed, 2**31 - 1)
 
     for epoch in range(start_epoch, max_epochs):
         data_epoch = 0 if overfit else epoch
         loaders["train"].epoch_sampler.set_epoch(data_epoch)
-        torch.manual_seed(_seed_for(cfg.seed, epoch, rank))
-        generator = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, data_epoch, rank, 1))
+        torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rank))
+        generator = torch.Generator(device=device).manual_seed(runtime.seed_for(cfg.seed, data_epoch, rank, 1))
         with profiler.phase("train", epoch):
             train_stats, global_step, nonfinite = engine.train_one_epoch(
                 model, loaders["train"], optimizer, scaler, epoch=epoch, global_step=global_step,
@@ -259,11 +175,8 @@ def main(cfg: Config) -> dict:
                 and epoch + 1 >= int(trainer.get("min_epochs") or 1):
             stop = early_stopping.step(epoch_metrics)
         if is_main and not fast_dev_run:
-            state = {"model": engine.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch, "step": global_step, "rng": rng_state(),
-                     "early_stop": early_stopping.state_dict() if early_stopping else None,
-                     "metrics": history, "config": to_yaml({k: v for k, v in cfg.items() if k != "hydra"}),
-                     "format_version": 1}
+            state = runtime.checkpoint_state(cfg, model, optimizer, scaler, epoch, global_step, early_stopping,
+                                             history)
             checkpoints.save(state, epoch, epoch_metrics)
         distributed.barrier()
         if stop:
@@ -275,6 +188,9 @@ def main(cfg: Config) -> dict:
     final = {k: v for k, v in history.items() if engine.is_finite_number(v)}
     if checkpoints.best_path:
         final["best_checkpoint"] = checkpoints.best_path
+    if is_main and hasattr(engine.unwrap(model), "encoder_state_dict") and not fast_dev_run:
+        final["encoder"] = export_encoder(engine.unwrap(model), checkpoints.best_path, output_dir,
+                                          cfg.get("export_encoder"))
     if is_main:
         with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump(final, f, indent=2)

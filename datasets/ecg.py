@@ -185,6 +185,21 @@ def resolve_split(name: str, *, fold: Optional[int] = None, use_train_subsample:
     return name
 
 
+def train_subset(records: np.ndarray, fraction: Optional[float], seed: int = 0) -> np.ndarray:
+    """A fixed random ``fraction`` of ``records`` (label-efficiency runs), in store order.
+
+    The subset depends on ``seed`` only (not on the run's seed), so runs that differ in their
+    initialisation (e.g. pretrained vs from scratch) train on the same labelled records."""
+    if fraction is None or float(fraction) >= 1.0:
+        return records
+    fraction = float(fraction)
+    if not 0.0 < fraction < 1.0:
+        raise StoreError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    keep = max(1, int(round(fraction * len(records))))
+    chosen = np.random.default_rng(seed).choice(len(records), size=keep, replace=False)
+    return np.sort(np.asarray(records)[chosen])
+
+
 def build_ecg_loaders(data_cfg: dict, *, splits: Sequence[str] = ("train", "val"), seed: int = 0,
                       train_transform: Optional[Transform] = None, world_size: int = 1,
                       rank: int = 0) -> dict[str, DataLoader]:
@@ -192,7 +207,8 @@ def build_ecg_loaders(data_cfg: dict, *, splits: Sequence[str] = ("train", "val"
 
     data_cfg keys: data_root, dataset_key, batch_size, time_steps (required); num_workers (0),
     pin_memory (False), persistent_workers (False), input_electrodes (None = all leads),
-    use_train_subsample (False), fold (None), drop_last (True, train only), expected_leads and
+    use_train_subsample (False), fold (None), train_fraction (None = all; a fixed random fraction
+    of the train split chosen by subset_seed), drop_last (True, train only), expected_leads and
     expected_sampling_rate (None = unchecked).
 
     "train" shuffles and gets ``train_transform``; other splits are read in order, cropped at
@@ -212,8 +228,12 @@ def build_ecg_loaders(data_cfg: dict, *, splits: Sequence[str] = ("train", "val"
         train = name == "train"
         split = resolve_split(name, fold=data_cfg.get("fold"),
                               use_train_subsample=bool(data_cfg.get("use_train_subsample", False)))
-        dataset = ECGDataset(store, split, time_steps=data_cfg["time_steps"], leads=data_cfg.get("input_electrodes"),
+        records = store.split(split)
+        if train:
+            records = train_subset(records, data_cfg.get("train_fraction"), seed=int(data_cfg.get("subset_seed") or 0))
+        dataset = ECGDataset(store, records, time_steps=data_cfg["time_steps"], leads=data_cfg.get("input_electrodes"),
                              train=train, transform=train_transform if train else None, seed=seed)
+        dataset.split = split
         if world_size > 1:
             base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                       drop_last=False)

@@ -122,6 +122,7 @@ def test_sweep_summary_holds_each_jobs_returned_metrics_and_job_index_runs_one(t
     assert cli.run_cli(_objective, "finetune", argv=argv, prog="main_finetune.py") == 0
     summary = json.load(open(tmp_path / "sweep" / "summary.json"))
     assert [j["metrics"]["val/score"] for j in summary["jobs"]] == [10, 20, 30]
+    assert summary["aggregate"]["val/score"] == {"mean": 20.0, "std": 10.0, "n": 3}
     # a SLURM array task reruns only its own job and updates that job's entry
     shutil.rmtree(tmp_path / "sweep" / "1")
     argv_one = argv[:2] + ["trainer.max_epochs=range(1,4)", "trainer.gradient_clip_val=0.5",

@@ -215,3 +215,15 @@ def test_loader_refusals(store, tmp_path):
         build_ecg_loaders(data_cfg(store.root, batch_size=64))
     with pytest.raises(StoreError, match="lacks.*time_steps"):
         build_ecg_loaders(data_cfg(store.root, time_steps=None))
+
+
+def test_train_fraction_is_a_fixed_subset_independent_of_the_run_seed():
+    from datasets.ecg import train_subset
+    records = np.arange(100, 200)
+    a = train_subset(records, 0.1, seed=0)
+    assert len(a) == 10 and set(a) <= set(records) and list(a) == sorted(a)
+    assert (train_subset(records, 0.1, seed=0) == a).all()
+    assert not (train_subset(records, 0.1, seed=1) == a).all()
+    assert train_subset(records, 1.0) is records
+    with pytest.raises(StoreError):
+        train_subset(records, -0.5)

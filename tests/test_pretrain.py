@@ -64,6 +64,10 @@ def test_pretraining_writes_a_complete_run_directory_and_learns(data_dir, tmp_pa
     assert step_rows and {"train/grad_norm", "train/samples_per_s", "train/ncc"} <= set(step_rows[0])
     metrics = json.load(open(run_dir / "metrics.json"))
     assert metrics["epoch"] == 2 and metrics["best_checkpoint"].endswith(".pt")
+    encoder = torch.load(run_dir / "encoder.pth", weights_only=True)["model"]  # the best epoch's encoder
+    best = load_checkpoint(metrics["best_checkpoint"])["model"]
+    assert not any(k.startswith(("decoder_", "mask_token")) for k in encoder)
+    assert all(torch.equal(encoder[k], best[k]) for k in encoder) and "blocks.0.attn.qkv.weight" in encoder
 
 
 def test_two_epochs_plus_resume_equals_four_straight(data_dir, tmp_path):

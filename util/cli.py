@@ -210,6 +210,30 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
     return (dict(metrics) if metrics else {}), output_dir
 
 
+def _flatten(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def aggregate_metrics(runs: list[dict]) -> dict:
+    """Mean, sample std and count of every numeric metric over the finished jobs (e.g. CV folds)."""
+    import math
+    import statistics
+
+    values: dict[str, list[float]] = {}
+    for metrics in runs:
+        for key, value in _flatten(metrics).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(key, []).append(float(value))
+    return {key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+            for key, v in values.items()}
+
+
 def _update_summary(sweep_dir: str, entry: dict) -> None:
     """Add or replace one job in ``summary.json`` (locked: SLURM array tasks share the file)."""
     path = os.path.join(sweep_dir, "summary.json")
@@ -221,6 +245,7 @@ def _update_summary(sweep_dir: str, entry: dict) -> None:
                 summary = json.load(f)
         jobs = [j for j in summary["jobs"] if j["num"] != entry["num"]] + [entry]
         summary["jobs"] = sorted(jobs, key=lambda j: j["num"])
+        summary["aggregate"] = aggregate_metrics([j["metrics"] for j in summary["jobs"] if j["status"] == "ok"])
         _atomic_write(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
