@@ -24,6 +24,31 @@ def run_main(script, *args, env=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+NOOP_MAIN = """\
+import json, os, sys
+sys.path.insert(0, {repo!r})
+from util.cli import run_cli
+
+def main(cfg):
+    with open(os.path.join(cfg.paths.output_dir, "seen.json"), "a") as f:
+        f.write(json.dumps({{"rank": os.environ.get("RANK", "0"), "epochs": cfg.trainer.max_epochs}}) + "\\n")
+    return {{}}
+
+sys.exit(run_cli(main, primary="finetune", prog="main_finetune.py"))
+"""
+
+
+def run_noop(tmp_path, *args, launcher=(), env=None, timeout=170):
+    """The real command line (a subprocess, argv parsing, exit codes) around a main that trains nothing."""
+    script = tmp_path / "noop_main.py"
+    script.write_text(NOOP_MAIN.format(repo=REPO))
+    full_env = dict(os.environ)
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    cmd = [*launcher, str(script)] if launcher else [sys.executable, str(script)]
+    return subprocess.run([*cmd, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
 def only_dir(path):
     entries = [e for e in os.listdir(path) if not e.startswith(".")]
     assert len(entries) == 1, entries
@@ -82,7 +107,7 @@ def test_full_error_env_shows_the_traceback():
 
 
 def test_single_run_writes_its_run_directory(tmp_path):
-    res = run_main("main_finetune.py", f"paths.log_dir={tmp_path}/logs", f"paths.data_dir={tmp_path}/data",
+    res = run_noop(tmp_path, f"paths.log_dir={tmp_path}/logs", f"paths.data_dir={tmp_path}/data",
                    "debug=default")
     assert res.returncode == 0, res.stderr
     run_dir = only_dir(tmp_path / "logs" / "debug" / "runs")
@@ -94,11 +119,11 @@ def test_single_run_writes_its_run_directory(tmp_path):
     overrides = yaml.safe_load(open(os.path.join(run_dir, ".hydra", "overrides.yaml")))
     assert overrides == [f"paths.log_dir={tmp_path}/logs", f"paths.data_dir={tmp_path}/data", "debug=default"]
     assert os.path.getsize(os.path.join(run_dir, "debug.log")) > 0
-    assert sorted(os.listdir(tmp_path)) == ["logs"]  # nothing written outside log_dir
+    assert sorted(os.listdir(tmp_path)) == ["logs", "noop_main.py"]  # nothing written outside log_dir
 
 
 def test_multirun_makes_one_directory_per_job_and_a_summary(tmp_path):
-    res = run_main("main_finetune.py", "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1,2")
+    res = run_noop(tmp_path, "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1,2")
     assert res.returncode == 0, res.stderr
     sweep_dir = only_dir(tmp_path / "finetune" / "multiruns")
     assert sorted(os.listdir(sweep_dir)) == [".summary.lock", "0", "1", "multirun.yaml", "summary.json"]
@@ -208,17 +233,18 @@ def test_torchrun_ranks_share_one_run_directory(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO, "main_finetune.py"),
-                          f"paths.log_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=170)
+    res = run_noop(tmp_path, f"paths.log_dir={tmp_path}", launcher=(torchrun, "--standalone", "--nproc_per_node=2"),
+                   env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = only_dir(tmp_path / "finetune" / "runs")
     assert os.path.isfile(os.path.join(run_dir, ".hydra", "config.yaml"))
+    seen = [json.loads(line) for line in open(os.path.join(run_dir, "seen.json"))]
+    assert sorted(r["rank"] for r in seen) == ["0", "1"]  # both ranks ran main in the same directory
 
 
 def test_enforce_tags_refuses_an_untagged_run(tmp_path):
-    res = run_main("main_finetune.py", f"paths.log_dir={tmp_path}", "tags=[]")
+    res = run_noop(tmp_path, f"paths.log_dir={tmp_path}", "tags=[]")
     assert res.returncode == 2
     assert "tags are empty" in res.stderr and "Traceback" not in res.stderr
-    res = run_main("main_finetune.py", f"paths.log_dir={tmp_path}", "tags=[]", "extras.enforce_tags=false")
+    res = run_noop(tmp_path, f"paths.log_dir={tmp_path}", "tags=[]", "extras.enforce_tags=false")
     assert res.returncode == 0, res.stderr

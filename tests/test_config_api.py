@@ -127,3 +127,11 @@ def test_importing_the_composer_loads_neither_torch_nor_hydra():
     code = "import sys, util.config, util.cli; print(sorted(m for m in ('torch','hydra','omegaconf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_delete_with_null_value_deletes_whatever_is_there(tmp_path):
+    # Hydra writes `~key` as `~key=null` in sweep job overrides; both must delete the key
+    write(tmp_path, "c.yaml", "a: 1\nb: 2\n")
+    assert "a" not in compose(str(tmp_path), "c", ["~a=null"])
+    with pytest.raises(ConfigError, match="is 1 and not 2"):
+        compose(str(tmp_path), "c", ["~a=2"])

@@ -1258,7 +1258,7 @@ def _apply_value_override(cfg: dict, o: Override, resolve_fn) -> None:
         current_value = resolve_fn(key) if found else None
         if not found or current_value is None or current_value == MISSING:
             raise ConfigError(f"Could not delete from config. '{key}' does not exist.")
-        if o.has_value and value != current_value:
+        if value is not None and value != current_value:  # as Hydra: `~a=null` deletes any value
             raise ConfigError(
                 f"Could not delete from config. The value of '{key}' is {current_value} and not {value}.")
         parent_key, _, last = key.rpartition(".")
