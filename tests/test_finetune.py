@@ -16,7 +16,7 @@ T, LEADS = 400, STANDARD_LEADS
 TINY = ["model.size=pluto", "model.patch_size=[1,50]", "data.time_steps=200", "data.batch_size=8",
         "data.num_workers=0", "data.augment=false", "trainer.enable_progress_bar=false",
         "extras.print_config=false", "model.optim.warmup_epochs=1", "model.optim.lr=1e-3",
-        "model.pretrained_weights=null"]
+        "model.pretrained_weights=null", "data.train_fraction=1.0"]
 
 
 def tiny_store(root, task_type, n=96, seed=0):
