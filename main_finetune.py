@@ -114,8 +114,9 @@ def make_forward(loss_fn, cfg: Config):
 
 
 def evaluate_split(model, loader, loss_fn, cfg: Config, rt: runtime.Runtime, label_names,
-                   limit_batches=None, progress_bar=True) -> dict:
-    """Loss and metrics of one split from a single prediction pass (exact under DDP)."""
+                   limit_batches=None, progress_bar=True, return_predictions=False):
+    """Loss and metrics of one split from a single prediction pass (exact under DDP; every rank
+    gets the same numbers). With ``return_predictions`` also ``(outputs, targets)``."""
     outputs, targets = engine.predict(model, loader, device=rt.device, precision=rt.precision,
                                       limit_batches=limit_batches, is_main=rt.is_main, progress_bar=progress_bar)
     task_type = cfg.model.task_type
@@ -123,7 +124,7 @@ def evaluate_split(model, loader, loss_fn, cfg: Config, rt: runtime.Runtime, lab
         loss = float(loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets)))
     metrics = compute_metrics(task_type, targets, outputs, label_names=label_names)
     metrics["loss"] = loss
-    return metrics
+    return (metrics, (outputs, targets)) if return_predictions else metrics
 
 
 def _log_skipped(split: str, metrics: dict) -> None:
@@ -139,13 +140,12 @@ def final_evaluation(model, loaders, loss_fn, cfg: Config, rt: runtime.Runtime, 
         engine.unwrap(model).load_state_dict(load_checkpoint(checkpoint)["model"])
     result: dict = {"checkpoint": checkpoint}
     for split in ("val", "test"):
-        metrics = evaluate_split(model, loaders[split], loss_fn, cfg, rt, label_names)
+        metrics, (outputs, targets) = evaluate_split(model, loaders[split], loss_fn, cfg, rt, label_names,
+                                                     return_predictions=True)
         _log_skipped(split, metrics)
         result[split] = metrics
     n_boot = int(cfg.get("bootstrap") or 0)
-    if n_boot > 0 and rt.is_main:
-        outputs, targets = engine.predict(model, loaders["test"], device=rt.device, precision=rt.precision,
-                                          is_main=rt.is_main, progress_bar=False)
+    if n_boot > 0:  # on the gathered test predictions, identical on every rank
         result["test_ci95"] = bootstrap_ci(cfg.model.task_type, targets, outputs, n_boot=n_boot, seed=cfg.seed,
                                            label_names=label_names)
     return result
@@ -268,9 +268,10 @@ def main(cfg: Config) -> dict:
 
     run_logger.close()
     profiler.report()
-    best = checkpoints.best_path if not fast_dev_run else None
+    # rank 0 alone writes checkpoints and knows the selected one: every rank must evaluate that file
+    best = distributed.broadcast_object(checkpoints.best_path if not fast_dev_run else None)
+    best_epoch = distributed.broadcast_object(next((b["epoch"] for b in checkpoints.best if b["path"] == best), None))
     result = final_evaluation(model, loaders, loss_fn, cfg, rt, label_names, best)
-    best_epoch = next((b["epoch"] for b in checkpoints.best if b["path"] == best), None)
     result.update({"best_epoch": best_epoch, "pretrained_weights": pretrained, "train_records": len(train_records),
                    "selection": {"monitor": checkpoints.monitor, "mode": checkpoints.mode}})
     if rt.is_main:

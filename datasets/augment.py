@@ -224,6 +224,20 @@ def _check_params(
         raise ValueError(f"jitter_mode must be one of {', '.join(JITTER_MODES)}, got {jitter_mode!r}")
 
 
+def _store_params(obj, ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
+                  time_flip_p, sign_flip_p) -> None:
+    """Validate the augmentation parameters and set them on ``obj`` (shared by both transforms)."""
+    _check_params(ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
+                  time_flip_p, sign_flip_p)
+    obj.ft_surr_phase_noise = float(ft_surr_phase_noise)
+    obj.ft_surr_p = float(ft_surr_p)
+    obj.jitter_sigma = float(jitter_sigma)
+    obj.jitter_mode = jitter_mode
+    obj.rescaling_sigma = float(rescaling_sigma)
+    obj.time_flip_p = float(time_flip_p)
+    obj.sign_flip_p = float(sign_flip_p)
+
+
 class ECGTransform:
     """Per-sample train augmentation, run by the dataset after cropping (CPU, single thread).
 
@@ -251,15 +265,8 @@ class ECGTransform:
         time_flip_p: float = 0.0,
         sign_flip_p: float = 0.0,
     ) -> None:
-        _check_params(ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
+        _store_params(self, ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
                       time_flip_p, sign_flip_p)
-        self.ft_surr_phase_noise = float(ft_surr_phase_noise)
-        self.ft_surr_p = float(ft_surr_p)
-        self.jitter_sigma = float(jitter_sigma)
-        self.jitter_mode = jitter_mode
-        self.rescaling_sigma = float(rescaling_sigma)
-        self.time_flip_p = float(time_flip_p)
-        self.sign_flip_p = float(sign_flip_p)
         # an FT surrogate with magnitude 0 is the identity: treat it as never applied
         self._ft_p = self.ft_surr_p if self.ft_surr_phase_noise > 0 else 0.0
         # scalar uniforms per sample: coins for probabilities strictly between 0 and 1, two for rescaling
@@ -336,15 +343,8 @@ class BatchECGTransform(nn.Module):
         sign_flip_p: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_params(ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
+        _store_params(self, ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
                       time_flip_p, sign_flip_p)
-        self.ft_surr_phase_noise = float(ft_surr_phase_noise)
-        self.ft_surr_p = float(ft_surr_p)
-        self.jitter_sigma = float(jitter_sigma)
-        self.jitter_mode = jitter_mode
-        self.rescaling_sigma = float(rescaling_sigma)
-        self.time_flip_p = float(time_flip_p)
-        self.sign_flip_p = float(sign_flip_p)
         self._ft_p = self.ft_surr_p if self.ft_surr_phase_noise > 0 else 0.0
 
     def _coins(self, p: float, batch: int, generator, device) -> Optional[torch.Tensor]:

@@ -112,8 +112,10 @@ def test_training_starts_from_a_pretrained_mae_encoder(data_dir, tmp_path, capsy
 
 def test_label_fraction_trains_on_a_fixed_subset(data_dir, tmp_path):
     assert finetune(data_dir, tmp_path / "frac", "multiclass", "trainer.max_epochs=1",
-                    "data.train_fraction=0.5", "data.drop_last=false") == 0
+                    "data.train_fraction=0.5", "data.drop_last=false", "bootstrap=50") == 0
     result = json.load(open(tmp_path / "frac" / "metrics.json"))
+    low, high = result["test_ci95"]["accuracy"]  # bootstrap intervals of the test metrics
+    assert low <= result["test"]["accuracy"] <= high and result["test_ci95"]["n_boot_used/accuracy"] == 50
     full = len(json.load(open(data_dir / "tiny_multiclass" / "splits.json"))["train"])
     assert result["train_records"] == round(full * 0.5)
 
@@ -133,3 +135,36 @@ def test_fold_sweep_aggregates_mean_and_std_over_folds(data_dir, tmp_path):
     values = [j["metrics"]["test/accuracy"] for j in summary["jobs"]]
     assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(values))
     assert agg["std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_two_process_training_reports_the_selected_checkpoint_and_exact_gathered_metrics(tmp_path):
+    """torchrun with 2 gloo ranks on 101 records (uneven shards): the final val/test metrics are those of
+    the selected checkpoint on every rank, and equal a single-process evaluation of that checkpoint."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    tiny_store(tmp_path, "multiclass", n=101)
+    common = [f"paths.data_dir={tmp_path}", "modality.dataset_key=tiny_multiclass", "modality.task_type=multiclass",
+              "modality.num_classes=3", "modality.sampling_rate=100", "~modality.build_demo", *TINY,
+              "data.batch_size=4"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(repo, "main_finetune.py"),
+                          f"hydra.run.dir={tmp_path}/ddp", f"paths.log_dir={tmp_path}/logs", "trainer.max_epochs=2",
+                          *common], cwd=repo, capture_output=True, text=True, timeout=240,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = json.load(open(tmp_path / "ddp" / "metrics.json"))
+    rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    logged = next(r for r in rows if r.get("epoch") == ddp["best_epoch"] and "val/loss" in r)
+    assert ddp["val"]["loss"] == pytest.approx(logged["val/loss"], rel=1e-6)
+    assert finetune(tmp_path, tmp_path / "single", "multiclass", "eval_only=true", "data.batch_size=4",
+                    f"ckpt_path={ddp['checkpoint']}") == 0
+    single = json.load(open(tmp_path / "single" / "metrics_dict.json"))
+    for split in ("val", "test"):
+        for key in ("accuracy", "auroc_macro", "f1_macro"):
+            assert single[split][key] == ddp[split][key]
+        assert single[split]["loss"] == pytest.approx(ddp[split]["loss"], rel=1e-6)
