@@ -37,20 +37,6 @@ RUN_KEYS = ("task_type", "pretrained_weights", "pretrained_optional", "allow_pic
             "tolerated_missing_fraction", "loss", "optim")
 
 
-def build_data(cfg: Config, rt: runtime.Runtime):
-    from datasets.augment import build_ecg_transforms
-    from datasets.demo import ensure_demo
-    from datasets.ecg import build_ecg_loaders
-
-    data_cfg = dict(cfg.data)
-    if cfg.modality.get("build_demo"):
-        ensure_demo(data_cfg["data_root"])
-    cpu_transform, batch_transform = build_ecg_transforms(data_cfg)
-    loaders = build_ecg_loaders(data_cfg, splits=("train", "val", "test"), seed=cfg.seed,
-                                train_transform=cpu_transform, world_size=rt.world_size, rank=rt.rank)
-    return loaders, batch_transform
-
-
 def build_model(cfg: Config, input_size: tuple) -> torch.nn.Module:
     if cfg.model.get("num_classes") in (None, "???"):
         raise ConfigError("model.num_classes is not set: the modality config gives it (modality.num_classes), "
@@ -190,7 +176,7 @@ def main(cfg: Config) -> dict:
     rt = runtime.setup(cfg, "main_finetune.py")
     fast_dev_run = bool(trainer.get("fast_dev_run"))
 
-    loaders, batch_transform = build_data(cfg, rt)
+    loaders, batch_transform = runtime.ecg_data(cfg, rt, ("train", "val", "test"))
     store = loaders["train"].dataset.store
     task_type = cfg.model.task_type
     if store.task_type is not None and store.task_type != task_type:

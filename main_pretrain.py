@@ -29,20 +29,6 @@ from util.run_logger import RunLogger
 log = logging.getLogger("main_pretrain")
 
 
-def build_data(cfg: Config, world_size: int, rank: int):
-    from datasets.augment import build_ecg_transforms
-    from datasets.demo import ensure_demo
-    from datasets.ecg import build_ecg_loaders
-
-    data_cfg = dict(cfg.data)
-    if cfg.modality.get("build_demo"):
-        ensure_demo(data_cfg["data_root"])
-    cpu_transform, batch_transform = build_ecg_transforms(data_cfg)
-    loaders = build_ecg_loaders(data_cfg, splits=("train", "val"), seed=cfg.seed,
-                                train_transform=cpu_transform, world_size=world_size, rank=rank)
-    return loaders, batch_transform
-
-
 def build_optimizer(model: torch.nn.Module, optim_cfg: dict, effective_batch: int) -> tuple:
     lr = optim_cfg.get("lr")
     if lr is None:
@@ -103,7 +89,7 @@ def main(cfg: Config) -> dict:
     device, precision, world_size, rank, is_main = rt.device, rt.precision, rt.world_size, rt.rank, rt.is_main
     fast_dev_run = bool(trainer.get("fast_dev_run"))
 
-    loaders, batch_transform = build_data(cfg, world_size, rank)
+    loaders, batch_transform = runtime.ecg_data(cfg, rt, ("train", "val"))
     leads = list(cfg.data.get("input_electrodes") or cfg.modality.lead_names)
     input_size = (len(leads), int(cfg.data.time_steps))
     model_cfg = {k: v for k, v in cfg.model.items() if k != "optim"}

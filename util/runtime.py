@@ -56,6 +56,22 @@ def setup(cfg: Config, script: str) -> Runtime:
     return Runtime(device, precision, world_size, rank)
 
 
+def ecg_data(cfg: Config, rt: Runtime, splits: tuple) -> tuple:
+    """Loaders of ``splits`` for ``cfg.data`` (building the demo store first when the modality asks for
+    it) and the batched on-device augmentation, or None when augmentations run in the workers."""
+    from datasets.augment import build_ecg_transforms
+    from datasets.demo import ensure_demo
+    from datasets.ecg import build_ecg_loaders
+
+    data_cfg = dict(cfg.data)
+    if cfg.modality.get("build_demo"):
+        ensure_demo(data_cfg["data_root"])
+    cpu_transform, batch_transform = build_ecg_transforms(data_cfg)
+    loaders = build_ecg_loaders(data_cfg, splits=splits, seed=cfg.seed, train_transform=cpu_transform,
+                                world_size=rt.world_size, rank=rt.rank)
+    return loaders, batch_transform
+
+
 def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     if rt.world_size <= 1:
         return model
