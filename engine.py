@@ -30,6 +30,14 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf losses too many steps in a row."""
 
 
+class Interrupted(Exception):
+    """``should_stop`` asked to stop after an optimizer step; where the epoch stopped."""
+
+    def __init__(self, batch: int, global_step: int, nonfinite_streak: int) -> None:
+        super().__init__(f"stopped after batch {batch} (step {global_step})")
+        self.batch, self.global_step, self.nonfinite_streak = batch, global_step, nonfinite_streak
+
+
 # ----------------------------------------------------------------------------------------
 # Device and precision
 # ----------------------------------------------------------------------------------------
@@ -207,10 +215,16 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
                     device: torch.device, precision: Precision,
                     forward_fn: Callable = default_forward, batch_transform: Optional[Callable] = None,
                     generator: Optional[torch.Generator] = None, run_logger: Any = None,
-                    is_main: bool = True, nonfinite_streak: int = 0) -> tuple[dict, int, int]:
-    """Train for one epoch. Returns (epoch means of the logged scalars, global step, non-finite streak)."""
+                    is_main: bool = True, nonfinite_streak: int = 0, start_batch: int = 0,
+                    epoch_batches: Optional[int] = None,
+                    should_stop: Optional[Callable[[], bool]] = None) -> tuple[dict, int, int]:
+    """Train for one epoch. Returns (epoch means of the logged scalars, global step, non-finite streak).
+
+    A resumed epoch starts at ``start_batch`` of ``epoch_batches`` (the loader then yields only the
+    remaining batches). ``should_stop()`` is asked after every optimizer step; True raises
+    ``Interrupted`` with the number of batches done, so the caller can checkpoint mid-epoch."""
     model.train()
-    total = num_batches(loader, settings.limit_train_batches)
+    total = epoch_batches if epoch_batches is not None else num_batches(loader, settings.limit_train_batches)
     accum = max(int(settings.accumulate_grad_batches or 1), 1)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     meter = _Meter()
@@ -219,7 +233,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
     seen, t_last, samples_since = 0, time.perf_counter(), 0
     optimizer.zero_grad(set_to_none=True)
 
-    for i, batch in enumerate(_progress(loader, total, f"epoch {epoch}", settings.progress_bar and is_main)):
+    batches = _progress(loader, total - start_batch, f"epoch {epoch}", settings.progress_bar and is_main)
+    for i, batch in enumerate(batches, start=start_batch):
         if i >= total:
             break
         first_micro, last_micro = i % accum == 0, (i + 1) % accum == 0 or i + 1 == total
@@ -278,6 +293,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
                               "train/samples_per_s": samples_since * world / max(now - t_last, 1e-9)})
             run_logger.log(step_logs, global_step, epoch=epoch)
             t_last, samples_since = now, 0
+        if should_stop is not None and i + 1 < total and should_stop():
+            raise Interrupted(i + 1, global_step, nonfinite_streak)
 
     means = meter.means(device)
     means["lr"] = lr

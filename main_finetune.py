@@ -28,6 +28,7 @@ from util.config import Config, ConfigError, instantiate
 from util.lr_decay import param_groups_lrd
 from util.lr_sched import absolute_lr
 from util.metrics import MAIN_METRICS, bootstrap_ci, compute_metrics, numeric
+from util.preemption import PreemptionWatcher
 from util.run_logger import RunLogger
 
 log = logging.getLogger("main_finetune")
@@ -207,8 +208,9 @@ def main(cfg: Config) -> dict:
              f"encoder from {pretrained}" if pretrained else "encoder from scratch", effective_batch, lr)
     model = runtime.wrap_ddp(model, rt)
     checkpoints, early_stopping, ckpt_dir = runtime.checkpointing(cfg)
-    start_epoch, global_step, history = runtime.resume(cfg, ckpt_dir, model, optimizer, scaler, checkpoints,
-                                                       early_stopping)
+    point = runtime.resume(cfg, ckpt_dir, model, optimizer, scaler, checkpoints, early_stopping)
+    start_epoch, global_step, history = point.epoch, point.step, point.history
+    watcher = PreemptionWatcher(rt.device)
     run_logger = RunLogger(cfg.get("logger"), output_dir, enabled=rt.is_main)
     settings = runtime.loop_settings(cfg, lr)
     profiler = runtime.Profiler(trainer.get("profiler"), output_dir, rt.device)
@@ -218,14 +220,14 @@ def main(cfg: Config) -> dict:
     nonfinite = 0
 
     for epoch in range(start_epoch, max_epochs):
-        loaders["train"].epoch_sampler.set_epoch(epoch)
-        torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rt.rank))
+        if not (epoch == point.epoch and point.batch):  # mid-epoch resume: the checkpoint restored the RNG
+            torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rt.rank))
         generator = torch.Generator(device=rt.device).manual_seed(runtime.seed_for(cfg.seed, epoch, rt.rank, 1))
         with profiler.phase("train", epoch):
-            train_stats, global_step, nonfinite = engine.train_one_epoch(
-                model, loaders["train"], optimizer, scaler, epoch=epoch, global_step=global_step,
-                settings=settings, device=rt.device, precision=rt.precision, forward_fn=forward,
-                batch_transform=batch_transform, generator=generator, run_logger=run_logger, is_main=rt.is_main,
+            train_stats, global_step, nonfinite = runtime.train_epoch(
+                cfg, rt, model, loaders["train"], optimizer, scaler, checkpoints, early_stopping, history,
+                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher, generator=generator,
+                settings=settings, forward_fn=forward, batch_transform=batch_transform, run_logger=run_logger,
                 nonfinite_streak=nonfinite)
         epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}
         if (epoch + 1) % val_every == 0 or epoch + 1 == max_epochs:
@@ -253,6 +255,7 @@ def main(cfg: Config) -> dict:
             break
 
     run_logger.close()
+    watcher.close()
     profiler.report()
     # rank 0 alone writes checkpoints and knows the selected one: every rank must evaluate that file
     best = distributed.broadcast_object(checkpoints.best_path if not fast_dev_run else None)

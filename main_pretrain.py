@@ -24,6 +24,7 @@ from util.cli import run_cli
 from util.config import Config, ConfigError, instantiate
 from util.lr_decay import param_groups_weight_decay
 from util.lr_sched import absolute_lr
+from util.preemption import PreemptionWatcher
 from util.run_logger import RunLogger
 
 log = logging.getLogger("main_pretrain")
@@ -106,8 +107,9 @@ def main(cfg: Config) -> dict:
              cfg.model.optim.get("lr_batch_divisor"))
     model = runtime.wrap_ddp(model, rt)
     checkpoints, early_stopping, ckpt_dir = runtime.checkpointing(cfg)
-    start_epoch, global_step, history = runtime.resume(cfg, ckpt_dir, model, optimizer, scaler, checkpoints,
-                                                       early_stopping)
+    point = runtime.resume(cfg, ckpt_dir, model, optimizer, scaler, checkpoints, early_stopping)
+    start_epoch, global_step, history = point.epoch, point.step, point.history
+    watcher = PreemptionWatcher(rt.device)
 
     run_logger = RunLogger(cfg.get("logger"), output_dir, enabled=is_main)
     settings = runtime.loop_settings(cfg, lr)
@@ -124,14 +126,15 @@ def main(cfg: Config) -> dict:
 
     for epoch in range(start_epoch, max_epochs):
         data_epoch = 0 if overfit else epoch
-        loaders["train"].epoch_sampler.set_epoch(data_epoch)
-        torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rank))
+        if not (epoch == point.epoch and point.batch):  # mid-epoch resume: the checkpoint restored the RNG
+            torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rank))
         generator = torch.Generator(device=device).manual_seed(runtime.seed_for(cfg.seed, data_epoch, rank, 1))
         with profiler.phase("train", epoch):
-            train_stats, global_step, nonfinite = engine.train_one_epoch(
-                model, loaders["train"], optimizer, scaler, epoch=epoch, global_step=global_step,
-                settings=settings, device=device, precision=precision, batch_transform=batch_transform,
-                generator=generator, run_logger=run_logger, is_main=is_main, nonfinite_streak=nonfinite)
+            train_stats, global_step, nonfinite = runtime.train_epoch(
+                cfg, rt, model, loaders["train"], optimizer, scaler, checkpoints, early_stopping, history,
+                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher, generator=generator,
+                data_epoch=data_epoch, settings=settings, batch_transform=batch_transform, run_logger=run_logger,
+                nonfinite_streak=nonfinite)
         epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}
         if (epoch + 1) % val_every == 0 or epoch + 1 == max_epochs:
             val_loader.epoch_sampler.set_epoch(0)
@@ -170,6 +173,7 @@ def main(cfg: Config) -> dict:
             break
 
     run_logger.close()
+    watcher.close()
     profiler.report()
     final = {k: v for k, v in history.items() if engine.is_finite_number(v)}
     if checkpoints.best_path:

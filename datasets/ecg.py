@@ -135,8 +135,10 @@ class EpochIndexSampler(Sampler):
             base_sampler.generator = torch.Generator()
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start epoch ``epoch``; ``skip`` leading samples are left out (a run resumed mid-epoch)."""
         self.epoch = int(epoch)
+        self.skip = int(skip)
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(self.epoch)
         elif getattr(self.base, "generator", None) is not None:
@@ -144,11 +146,12 @@ class EpochIndexSampler(Sampler):
 
     def __iter__(self):
         epoch = self.epoch
-        for index in self.base:
-            yield int(index), epoch
+        for k, index in enumerate(self.base):
+            if k >= self.skip:
+                yield int(index), epoch
 
     def __len__(self) -> int:
-        return len(self.base)
+        return max(len(self.base) - self.skip, 0)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -123,8 +123,11 @@ class CheckpointManager:
         if self.save_top_k != 0 and (epoch + 1) % self.every_n_epochs == 0:
             self._save_best(state, epoch, metrics)
         if self.save_last:
-            state = dict(state, best=self.state_dict())
-            atomic_torch_save(state, os.path.join(self.dirpath, LAST))
+            self.save_last_file(state)
+
+    def save_last_file(self, state: dict) -> None:
+        """Write only ``last.pt`` (a mid-epoch preemption checkpoint is never a best-k candidate)."""
+        atomic_torch_save(dict(state, best=self.state_dict()), os.path.join(self.dirpath, LAST))
 
     def _save_best(self, state: dict, epoch: int, metrics: dict) -> None:
         score = None

@@ -25,6 +25,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 from util import distributed
+from util.preemption import EXIT_PREEMPTED, Preempted
 from util.config import (Config, ConfigError, compose, defaults_list, expand_sweeps,
                          resolve, to_yaml)
 
@@ -291,6 +292,12 @@ def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], jo
             metrics, output_dir = _run_job(main, config_dir, name, job_overrides, job_name, now,
                                            "MULTIRUN", num)
             entry.update(status="ok", output_dir=output_dir, metrics=metrics)
+        except Preempted as e:  # the whole sweep stops; a requeued array task reruns this job with resume=auto
+            entry.update(status="preempted", error=str(e), metrics={})
+            if distributed.is_main_process():
+                _update_summary(sweep_dir, entry)
+            print(f"Preempted in job #{num}: {e}", file=sys.stderr)
+            return EXIT_PREEMPTED
         except Exception as e:  # one failed job does not stop the sweep; the exit code reports it
             failed += 1
             user_error = isinstance(e, ConfigError)
@@ -340,6 +347,9 @@ def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
             return _multirun(main, config_dir, name, overrides, job_name, args.job_index)
         _run_job(main, config_dir, name, overrides, job_name, _agreed_now(), "RUN", None)
         return 0
+    except Preempted as e:
+        print(f"Preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except ConfigError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

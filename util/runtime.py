@@ -107,11 +107,21 @@ def loop_settings(cfg: Config, lr: float) -> engine.LoopSettings:
         progress_bar=bool(trainer.get("enable_progress_bar", True)))
 
 
+@dataclass
+class ResumePoint:
+    """Where training continues: ``epoch`` from batch ``batch`` (> 0 after a mid-epoch preemption),
+    with the epoch's masking ``generator_state`` at that batch."""
+    epoch: int = 0
+    step: int = 0
+    history: dict = None
+    batch: int = 0
+    generator_state: Optional[torch.Tensor] = None
+
+
 def resume(cfg: Config, ckpt_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
            scaler: torch.amp.GradScaler, manager: CheckpointManager,
-           early_stopping: Optional[EarlyStopping]) -> tuple[int, int, dict]:
-    """Continue from ``ckpt_path`` or, with ``resume=auto``, from ``<ckpt_dir>/last.pt`` when it exists.
-    Returns ``(start_epoch, global_step, metrics history)``."""
+           early_stopping: Optional[EarlyStopping]) -> ResumePoint:
+    """Continue from ``ckpt_path`` or, with ``resume=auto``, from ``<ckpt_dir>/last.pt`` when it exists."""
     path = cfg.get("ckpt_path")
     mode = cfg.get("resume")
     if mode not in (None, "auto"):
@@ -122,7 +132,7 @@ def resume(cfg: Config, ckpt_dir: str, model: torch.nn.Module, optimizer: torch.
         if path is None:
             log.info("resume=auto: no checkpoint in %s yet; starting from scratch", ckpt_dir)
     if path is None:
-        return 0, 0, {}
+        return ResumePoint(history={})
     ckpt = load_checkpoint(path)
     try:
         engine.unwrap(model).load_state_dict(ckpt["model"])
@@ -134,21 +144,72 @@ def resume(cfg: Config, ckpt_dir: str, model: torch.nn.Module, optimizer: torch.
     manager.load_state_dict(ckpt.get("best") or {})
     if early_stopping is not None and ckpt.get("early_stop"):
         early_stopping.load_state_dict(ckpt["early_stop"])
-    if ckpt.get("rng"):
+    per_rank = ckpt.get("rng_per_rank")
+    if per_rank and len(per_rank) != distributed.world_size():
+        raise CheckpointError(f"checkpoint '{path}' was preempted mid-epoch with {len(per_rank)} processes; resume it "
+                              f"with the same number of processes (this run has {distributed.world_size()})")
+    if per_rank:
+        set_rng_state(per_rank[distributed.rank()])
+    elif ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
-    log.info("resumed from %s at epoch %d (step %d)", path, int(ckpt["epoch"]) + 1, int(ckpt["step"]))
-    return int(ckpt["epoch"]) + 1, int(ckpt["step"]), dict(ckpt.get("metrics") or {})
+    generators = ckpt.get("generator")
+    point = ResumePoint(epoch=int(ckpt["epoch"]) + 1, step=int(ckpt["step"]), history=dict(ckpt.get("metrics") or {}),
+                        batch=int(ckpt.get("batch_in_epoch") or 0),
+                        generator_state=generators[distributed.rank()] if generators else None)
+    log.info("resumed from %s at epoch %d%s (step %d)", path, point.epoch,
+             f", batch {point.batch}" if point.batch else "", point.step)
+    return point
 
 
 def checkpoint_state(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, epoch: int, step: int,
-                     early_stopping: Optional[EarlyStopping], history: dict) -> dict:
-    """The resume state of one epoch (see util/checkpoint.py for the format)."""
-    return {"model": engine.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-            "early_stop": early_stopping.state_dict() if early_stopping else None,
-            "metrics": {k: v for k, v in history.items() if engine.is_finite_number(v)},
-            "config": to_yaml({k: v for k, v in cfg.items() if k != "hydra"}), "format_version": 1}
+                     early_stopping: Optional[EarlyStopping], history: dict, batch_in_epoch: int = 0) -> dict:
+    """The resume state after ``epoch`` (see util/checkpoint.py for the format). A preemption
+    checkpoint has ``epoch`` = the last finished epoch and ``batch_in_epoch`` batches of the next
+    one done; ``train_epoch`` adds every rank's generator and RNG state."""
+    state = {"model": engine.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
+             "early_stop": early_stopping.state_dict() if early_stopping else None,
+             "metrics": {k: v for k, v in history.items() if engine.is_finite_number(v)},
+             "config": to_yaml({k: v for k, v in cfg.items() if k != "hydra"}), "format_version": 1}
+    if batch_in_epoch:
+        state["batch_in_epoch"] = batch_in_epoch
+    return state
+
+
+def train_epoch(cfg: Config, rt: Runtime, model, loader, optimizer, scaler, manager: CheckpointManager,
+                early_stopping, history: dict, *, epoch: int, global_step: int, resume_point: ResumePoint,
+                watcher, generator: torch.Generator, **engine_kwargs) -> tuple:
+    """``engine.train_one_epoch`` that resumes mid-epoch and, when preempted, writes ``last.pt``
+    (rank 0) and raises ``Preempted`` on every rank."""
+    from util.preemption import Preempted
+
+    settings = engine_kwargs["settings"]
+    start = resume_point.batch if epoch == resume_point.epoch else 0
+    data_epoch = engine_kwargs.pop("data_epoch", epoch)
+    loader.epoch_sampler.set_epoch(data_epoch)  # full length first: the epoch's batch count drives the LR schedule
+    epoch_batches = engine.num_batches(loader, settings.limit_train_batches)
+    loader.epoch_sampler.set_epoch(data_epoch, skip=start * int(loader.batch_size))
+    if start and resume_point.generator_state is not None:
+        generator.set_state(resume_point.generator_state)
+    try:
+        return engine.train_one_epoch(model, loader, optimizer, scaler, epoch=epoch, global_step=global_step,
+                                      device=rt.device, precision=rt.precision, generator=generator,
+                                      is_main=rt.is_main, start_batch=start, epoch_batches=epoch_batches,
+                                      should_stop=watcher.requested if watcher is not None else None,
+                                      **engine_kwargs)
+    except engine.Interrupted as stop:
+        # every rank's masking generator and RNG state, so each rank continues its own streams
+        generators = distributed.all_gather_object(generator.get_state().cpu())
+        rngs = distributed.all_gather_object(rng_state())
+        if rt.is_main:
+            state = checkpoint_state(cfg, model, optimizer, scaler, epoch - 1, stop.global_step, early_stopping,
+                                     history, batch_in_epoch=stop.batch)
+            state.update(generator=generators, rng=rngs[0], rng_per_rank=rngs)
+            manager.save_last_file(state)
+        distributed.barrier()
+        raise Preempted(f"preempted in epoch {epoch} after batch {stop.batch}: wrote "
+                        f"{os.path.join(manager.dirpath, LAST)}; rerun with resume=auto to continue") from None
 
 
 class Profiler:
