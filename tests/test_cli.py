@@ -248,3 +248,10 @@ def test_enforce_tags_refuses_an_untagged_run(tmp_path):
     assert "tags are empty" in res.stderr and "Traceback" not in res.stderr
     res = run_noop(tmp_path, f"paths.log_dir={tmp_path}", "tags=[]", "extras.enforce_tags=false")
     assert res.returncode == 0, res.stderr
+
+
+def test_flags_may_follow_overrides(tmp_path, capsys):
+    argv = ["trainer.max_epochs=3", "--cfg", "job", "tags=[x]"]
+    assert cli.run_cli(_objective, "finetune", argv=argv, prog="main_finetune.py") == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["max_epochs"] == 3 and cfg["tags"] == ["x"]

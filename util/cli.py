@@ -322,7 +322,7 @@ def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
     """Parse ``argv``, compose, and run ``main`` once or per sweep job. Returns the exit code."""
     prog = prog or os.path.basename(sys.argv[0]) or f"main_{primary}.py"
     job_name = os.path.splitext(prog)[0]
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after overrides, as with Hydra
     os.environ.setdefault("PROJECT_ROOT", REPO_ROOT)
     try:
         config_dir, name, extra = locate_config(args.config, primary)
