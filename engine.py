@@ -143,8 +143,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def default_forward(model: torch.nn.Module, batch: Any, generator: Optional[torch.Generator]) -> dict:
-    x = batch[0] if isinstance(batch, (list, tuple)) else batch
-    return model(x, generator=generator)
+    """``model(x, generator=...)``; a batch ``(x, y, keys)`` also passes the per-sample ``sample_keys``."""
+    if not isinstance(batch, (list, tuple)):
+        return model(batch, generator=generator)
+    if len(batch) > 2:
+        return model(batch[0], generator=generator, sample_keys=batch[2])
+    return model(batch[0], generator=generator)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

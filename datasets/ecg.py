@@ -26,10 +26,15 @@ from datasets.store import Store, StoreError
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def sample_key(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit key that is a pure function of ``(seed, epoch, index)``."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A ``torch.Generator`` seeded deterministically from ``(seed, epoch, index)``."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator().manual_seed(sample_key(seed, epoch, index))
 
 
 class ECGDataset(Dataset):
@@ -44,9 +49,11 @@ class ECGDataset(Dataset):
         transform: ``transform(x, generator) -> x`` on ``(n_leads, time_steps)`` float32.
         seed: base seed of the per-sample generators.
 
-    ``dataset[i]`` or ``dataset[(i, epoch)]`` returns ``(x, y)``: ``x`` float32
+    ``dataset[i]`` or ``dataset[(i, epoch)]`` returns ``(x, y, key)``: ``x`` float32
     ``(1, n_leads, time_steps)``; ``y`` float32 ``(C,)`` (multilabel / regression rows), int64
-    scalar (multiclass) or ``zeros(0)`` (no labels). A plain ``i`` uses ``self.epoch``.
+    scalar (multiclass) or ``zeros(0)`` (no labels); ``key`` the sample's int64 ``sample_key`` (its
+    MAE mask is a function of it, whatever rank or batch the sample lands in). A plain ``i`` uses
+    ``self.epoch``.
     """
 
     def __init__(self, store: Union[Store, str, os.PathLike], split: Union[str, Sequence[int]], *,
@@ -97,9 +104,10 @@ class ECGDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
-        generator = sample_generator(self.seed, epoch, index)
+        key = sample_key(self.seed, epoch, index)
+        generator = torch.Generator().manual_seed(key)
         record = int(self.indices[index])
         start = 0
         if self.train and self.time_steps < self.length:
@@ -108,7 +116,7 @@ class ECGDataset(Dataset):
         x = torch.from_numpy(window.astype(np.float32, copy=False))  # (n_leads, time_steps)
         if self.transform is not None:
             x = self.transform(x, generator)
-        return x.unsqueeze(0), self.target(record)
+        return x.unsqueeze(0), self.target(record), torch.tensor(key, dtype=torch.int64)
 
     def target(self, record: int) -> torch.Tensor:
         """The label of store row ``record`` as a tensor (see the class docstring)."""

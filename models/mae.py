@@ -183,11 +183,12 @@ class SignalMAE(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
     def forward_encoder(
-        self, x: torch.Tensor, mask_ratio: float, generator: Optional[torch.Generator] = None
+        self, x: torch.Tensor, mask_ratio: float, generator: Optional[torch.Generator] = None,
+        sample_keys: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, C, leads, T)`` -> latent (B, 1 + K, D) of the K visible patches, mask (B, L), ids_restore (B, L)."""
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        x, mask, ids_restore = random_masking(x, mask_ratio, generator)
+        x, mask, ids_restore = random_masking(x, mask_ratio, generator, sample_keys)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls.to(x.dtype), x], dim=1)
         for blk in self.blocks:
@@ -232,15 +233,17 @@ class SignalMAE(nn.Module):
         }
 
     def forward(
-        self, x: torch.Tensor, mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None
+        self, x: torch.Tensor, mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
+        sample_keys: Optional[torch.Tensor] = None,
     ) -> dict[str, torch.Tensor]:
         """x (B, 1, leads, T) -> {loss, loss_mse, loss_ncc, ncc, pred (B, L, p0*p1*C), mask (B, L)}.
 
-        ``mask_ratio`` defaults to the constructor's; ``generator`` seeds the masking noise.
+        ``mask_ratio`` defaults to the constructor's; ``generator`` seeds the masking noise, or, when
+        given, the per-sample ``sample_keys`` (B,) int64 from the dataset fix each sample's mask.
         """
         x = self.patch_embed.check_input(x)
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore = self.forward_encoder(x, ratio, generator)
+        latent, mask, ids_restore = self.forward_encoder(x, ratio, generator, sample_keys)
         pred = self.forward_decoder(latent, ids_restore)
         out = self.forward_loss(x, pred, mask)
         out["pred"] = pred

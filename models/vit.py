@@ -212,8 +212,23 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def keyed_uniform(keys: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) noise (B, n) float64 that is a pure function of each sample's int64 key.
+
+    A counter hash (PCG-style multiply + xorshift, wrapping int64 arithmetic) of ``key * n + j``:
+    the same sample gets the same noise whatever batch or rank it lands in, which makes MAE masks
+    independent of how a global batch is split across DDP ranks."""
+    z = keys.to(device=device, dtype=torch.int64)[:, None] * n + torch.arange(n, device=device)
+    z = z * 6364136223846793005 + 1442695040888963407
+    z = z ^ ((z >> 29) & ((1 << 35) - 1))
+    z = z * 5545529020109919103
+    z = z ^ ((z >> 32) & 0xFFFFFFFF)
+    return ((z >> 11) & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
+
+
 def random_masking(
-    x: torch.Tensor, mask_ratio: float, generator: Optional[torch.Generator] = None
+    x: torch.Tensor, mask_ratio: float, generator: Optional[torch.Generator] = None,
+    sample_keys: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masking by argsort of uniform noise (small noise = keep).
 
@@ -221,12 +236,16 @@ def random_masking(
     this 59, not 60, for L = 300 and ratio 0.8, exactly as the reference).
     Returns ``x_kept`` (B, K, D) in shuffled order, ``mask`` (B, L) float with 1 = removed, and
     ``ids_restore`` (B, L) that undoes the shuffle. The noise is drawn on ``generator``'s device (the
-    input's device when no generator is given) so a CPU generator also seeds CUDA runs.
+    input's device when no generator is given) so a CPU generator also seeds CUDA runs; with
+    ``sample_keys`` (B,) it is ``keyed_uniform`` of the keys instead.
     """
     B, L, D = x.shape
     len_keep = int(L * (1 - mask_ratio))
-    noise_device = generator.device if generator is not None else x.device
-    noise = torch.rand(B, L, generator=generator, device=noise_device).to(x.device)
+    if sample_keys is not None:  # per-sample keys (from the dataset) instead of the generator
+        noise = keyed_uniform(sample_keys, L, x.device)
+    else:
+        noise_device = generator.device if generator is not None else x.device
+        noise = torch.rand(B, L, generator=generator, device=noise_device).to(x.device)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # rank of each token in the shuffle
     ids_keep = ids_shuffle[:, :len_keep]

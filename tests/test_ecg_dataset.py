@@ -55,10 +55,10 @@ def test_train_crops_in_bounds_and_eval_starts_at_zero(store):
     starts = set()
     for i in range(len(train)):
         record = train.indices[i]
-        x, _ = train[(i, 0)]
+        x, _, _ = train[(i, 0)]
         assert x.shape == (1, 12, STEPS) and x.dtype == torch.float32
         starts.add(crop_start(store.signals[record], x[0].numpy()))
-        x_eval, _ = evaluation[i]
+        x_eval, _, _ = evaluation[i]
         assert np.array_equal(x_eval[0].numpy(), store.signals[record][:, :STEPS])
     assert min(starts) >= 0 and max(starts) <= T - STEPS and len(starts) > 5
 
@@ -66,7 +66,7 @@ def test_train_crops_in_bounds_and_eval_starts_at_zero(store):
 def test_lead_selection_by_name_and_index(store):
     by_name = ECGDataset(store, "val", time_steps=STEPS, leads=["V1", "I", "aVF"], train=False)
     by_index = ECGDataset(store, "val", time_steps=STEPS, leads=[6, 0, 5], train=False)
-    x, _ = by_name[0]
+    x, _, _ = by_name[0]
     assert x.shape == (1, 3, STEPS) and by_name.lead_names == ["V1", "I", "aVF"]
     assert np.array_equal(x[0].numpy(), store.signals[by_name.indices[0]][[6, 0, 5], :STEPS])
     assert torch.equal(x, by_index[0][0])
@@ -100,7 +100,7 @@ def test_transform_gets_leads_by_time_and_a_generator(store):
         return x * 2
 
     ds = ECGDataset(store, "val", time_steps=STEPS, leads=["I", "II"], train=True, transform=transform)
-    x, _ = ds[0]
+    x, _, _ = ds[0]
     assert seen == [((2, STEPS), torch.float32, True)] and x.shape == (1, 2, STEPS)
 
 
@@ -111,7 +111,7 @@ def test_transform_gets_leads_by_time_and_a_generator(store):
 def test_labels(tmp_path, task_type, dtype, shape):
     store = Store(make_store(tmp_path / "s", task_type))
     ds = ECGDataset(store, "test", time_steps=STEPS, train=False)
-    _, y = ds[1]
+    _, y, _ = ds[1]
     assert y.dtype == dtype and tuple(y.shape) == shape
     if task_type is not None:
         assert np.allclose(y.numpy(), store.labels[ds.indices[1]])
@@ -151,7 +151,7 @@ def data_cfg(root, **kw):
 
 def epoch_batches(loader, epoch):
     loader.epoch_sampler.set_epoch(epoch)
-    return [(x.clone(), y.clone()) for x, y in loader]
+    return [(x.clone(), y.clone()) for x, y, _ in loader]
 
 
 def same(batches_a, batches_b):
