@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM / SIGUSR1 (SLURM's warning signals, forwarded by torchrun) ask the run to
+"""Preemption: SIGTERM / SIGUSR1 (SLURM's signals; torchrun forwards SIGTERM, and SIGUSR1 when run
+through scripts/slurm/_torchrun.py, which adds it to --signals-to-handle) ask the run to
 stop at the next optimizer step, write a resumable checkpoint and exit with ``EXIT_PREEMPTED``, so
 a batch script can requeue the job and ``resume=auto`` continues exactly where it stopped."""
 from __future__ import annotations
