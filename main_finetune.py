@@ -220,13 +220,10 @@ def main(cfg: Config) -> dict:
     nonfinite = 0
 
     for epoch in range(start_epoch, max_epochs):
-        if not (epoch == point.epoch and point.batch):  # mid-epoch resume: the checkpoint restored the RNG
-            torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rt.rank))
-        generator = torch.Generator(device=rt.device).manual_seed(runtime.seed_for(cfg.seed, epoch, rt.rank, 1))
         with profiler.phase("train", epoch):
             train_stats, global_step, nonfinite = runtime.train_epoch(
                 cfg, rt, model, loaders["train"], optimizer, scaler, checkpoints, early_stopping, history,
-                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher, generator=generator,
+                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher,
                 settings=settings, forward_fn=forward, batch_transform=batch_transform, run_logger=run_logger,
                 nonfinite_streak=nonfinite)
         epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}

@@ -87,7 +87,7 @@ def main(cfg: Config) -> dict:
     output_dir = cfg.paths.output_dir
     trainer = cfg.trainer
     rt = runtime.setup(cfg, "main_pretrain.py")
-    device, precision, world_size, rank, is_main = rt.device, rt.precision, rt.world_size, rt.rank, rt.is_main
+    device, precision, world_size, is_main = rt.device, rt.precision, rt.world_size, rt.is_main
     fast_dev_run = bool(trainer.get("fast_dev_run"))
 
     loaders, batch_transform = runtime.ecg_data(cfg, rt, ("train", "val"))
@@ -126,13 +126,10 @@ def main(cfg: Config) -> dict:
 
     for epoch in range(start_epoch, max_epochs):
         data_epoch = 0 if overfit else epoch
-        if not (epoch == point.epoch and point.batch):  # mid-epoch resume: the checkpoint restored the RNG
-            torch.manual_seed(runtime.seed_for(cfg.seed, epoch, rank))
-        generator = torch.Generator(device=device).manual_seed(runtime.seed_for(cfg.seed, data_epoch, rank, 1))
         with profiler.phase("train", epoch):
             train_stats, global_step, nonfinite = runtime.train_epoch(
                 cfg, rt, model, loaders["train"], optimizer, scaler, checkpoints, early_stopping, history,
-                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher, generator=generator,
+                epoch=epoch, global_step=global_step, resume_point=point, watcher=watcher,
                 data_epoch=data_epoch, settings=settings, batch_transform=batch_transform, run_logger=run_logger,
                 nonfinite_streak=nonfinite)
         epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}

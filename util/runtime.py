@@ -179,14 +179,17 @@ def checkpoint_state(cfg: Config, model: torch.nn.Module, optimizer: torch.optim
 
 def train_epoch(cfg: Config, rt: Runtime, model, loader, optimizer, scaler, manager: CheckpointManager,
                 early_stopping, history: dict, *, epoch: int, global_step: int, resume_point: ResumePoint,
-                watcher, generator: torch.Generator, **engine_kwargs) -> tuple:
-    """``engine.train_one_epoch`` that resumes mid-epoch and, when preempted, writes ``last.pt``
-    (rank 0) and raises ``Preempted`` on every rank."""
+                watcher, **engine_kwargs) -> tuple:
+    """``engine.train_one_epoch`` with the epoch's seeds (a pure function of seed, epoch and rank),
+    resuming mid-epoch; when preempted it writes ``last.pt`` (rank 0) and raises ``Preempted``."""
     from util.preemption import Preempted
 
     settings = engine_kwargs["settings"]
     start = resume_point.batch if epoch == resume_point.epoch else 0
     data_epoch = engine_kwargs.pop("data_epoch", epoch)
+    if not start:  # a mid-epoch resume continues the RNG restored from the checkpoint
+        torch.manual_seed(seed_for(cfg.seed, epoch, rt.rank))
+    generator = torch.Generator(device=rt.device).manual_seed(seed_for(cfg.seed, data_epoch, rt.rank, 1))
     loader.epoch_sampler.set_epoch(data_epoch)  # full length first: the epoch's batch count drives the LR schedule
     epoch_batches = engine.num_batches(loader, settings.limit_train_batches)
     loader.epoch_sampler.set_epoch(data_epoch, skip=start * int(loader.batch_size))
