@@ -20,14 +20,10 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 import torch.distributed as dist
 
-from util.config import ConfigError
+from util.errors import ConfigError, NonFiniteLossError
 from util.lr_sched import lr_at, set_lr
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf losses too many steps in a row."""
 
 
 class Interrupted(Exception):

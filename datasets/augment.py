@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from util.config import ConfigError
+from util.errors import ConfigError
 
 __all__ = [
     "JITTER_AMPLITUDE",

@@ -22,14 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from datasets.store import Store, StoreError
+from util.seeding import derive_seed
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def sample_key(seed: int, epoch: int, index: int) -> int:
     """A 63-bit key that is a pure function of ``(seed, epoch, index)``."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return int(state >> np.uint64(1))
+    return derive_seed(seed, epoch, index)
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:

@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from util.config import ConfigError
+from util.errors import StoreError
 
 FORMAT_VERSION = 1
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -43,10 +43,6 @@ REQUIRED_ECG_INFO = ("sampling_rate", "lead_names")
 ARRAY_FILE = {"ecg": "signals.npy", "cmr": "images.npy"}
 ARRAY_DTYPES = {"signals.npy": ("float16", "float32"), "images.npy": ("uint8", "float16", "float32")}
 _CHUNK_ROWS = 65536  # rows per chunk when scanning labels
-
-
-class StoreError(ConfigError):
-    """A dataset store is missing, inconsistent or incompatible. The message says how to fix it."""
 
 
 # ----------------------------------------------------------------------------------------------

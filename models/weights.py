@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from models.pos_embed import resize_pos_embed
-from util.config import ConfigError
+from util.errors import WeightsError
 
 __all__ = ["WeightsError", "LoadReport", "read_state_dict", "load_pretrained", "NEW_LAYERS"]
 
@@ -59,10 +59,6 @@ OPT_IN = (
     "If you trust the file, opt in with the config override model.allow_pickle_weights=true "
     "(in code: load_pretrained(..., allow_pickle=True))."
 )
-
-
-class WeightsError(ConfigError):
-    """Pretrained weights that cannot be read or do not fit the model (bad input: exit code 2)."""
 
 
 def _names(keys: Sequence, limit: int = MAX_LISTED) -> str:

@@ -8,6 +8,7 @@ import torch
 
 import engine
 from util import checkpoint as ckpt_mod
+from util import seeding
 from util.checkpoint import CheckpointError, CheckpointManager, EarlyStopping, load_checkpoint
 from util.config import ConfigError
 from util.lr_sched import absolute_lr, lr_at, set_lr
@@ -182,9 +183,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    ckpt_mod.atomic_torch_save({"model": {}, "rng": ckpt_mod.rng_state()}, str(tmp_path / "c.pt"))
+    ckpt_mod.atomic_torch_save({"model": {}, "rng": seeding.rng_state()}, str(tmp_path / "c.pt"))
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt_mod.set_rng_state(load_checkpoint(str(tmp_path / "c.pt"))["rng"])
+    seeding.set_rng_state(load_checkpoint(str(tmp_path / "c.pt"))["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     torch.testing.assert_close(got[0], expected[0])
     assert (got[1] == expected[1]).all() and got[2] == expected[2]

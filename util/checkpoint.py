@@ -10,22 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from util.config import ConfigError
+from util.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read or does not fit the run (bad input: exit code 2)."""
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -58,31 +53,6 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"'{path}' is not a training checkpoint: it has no 'model' entry "
                               f"(keys: {list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__}).")
     return ckpt
-
-
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as tensors and plain values (weights_only-safe)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:

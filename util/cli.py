@@ -25,9 +25,10 @@ import traceback
 from typing import Any, Callable, Optional
 
 from util import distributed
-from util.preemption import EXIT_PREEMPTED, Preempted
-from util.config import (Config, ConfigError, compose, defaults_list, expand_sweeps,
-                         resolve, to_yaml)
+from util.config import Config, compose, defaults_list, expand_sweeps, resolve, to_yaml
+from util.errors import ConfigError, Preempted
+from util.preemption import EXIT_PREEMPTED
+from util.seeding import seed_everything
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -158,20 +159,6 @@ def _log_level(tree: dict) -> str:
         return str(tree["hydra"]["job_logging"]["root"]["level"])
     except (KeyError, TypeError):
         return "INFO"
-
-
-def seed_everything(seed: Optional[int]) -> None:
-    """Seed Python, NumPy and torch (the same seed on every rank; samplers shard the data)."""
-    if seed is None:
-        return
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def apply_extras(cfg: Config) -> None:

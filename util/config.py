@@ -32,9 +32,13 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+from util.errors import ConfigError, MissingKeyError
+
 __all__ = [
     "Config",
     "ConfigError",
+    "MissingKeyError",
+    "config_path",
     "compose",
     "defaults_list",
     "expand_sweeps",
@@ -47,23 +51,32 @@ __all__ = [
 MISSING = "???"
 
 
-class ConfigError(Exception):
-    """Every refusal of a config, override or interpolation. The message says what and how to fix."""
-
-
 class Config(dict):
-    """A ``dict`` with attribute access; nested dicts (also inside lists) are ``Config`` too."""
+    """A ``dict`` with attribute access; nested dicts (also inside lists) are ``Config`` too.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Each node knows its dotted path from the root (``config_path(cfg.model.optim) == "model.optim"``), so
+    reading a key that is not there (``cfg.model.optim.blr``) raises ``MissingKeyError`` (a
+    ``ConfigError`` and an ``AttributeError``) naming the full key: the code reads config values
+    without defaults of its own, and a config file that lacks one is refused with its name."""
+
+    def __init__(self, *args: Any, _node_path: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        path = _node_path
+        object.__setattr__(self, "_node_path", path)
         for key, value in self.items():
-            dict.__setitem__(self, key, _to_config(value))
+            dict.__setitem__(self, key, _to_config(value, _join(path, key)))
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_node_path":  # copy / pickle probes; before __init__
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(f"config has no key '{name}' (keys: {', '.join(map(str, self))})") from None
+            full = _join(self._node_path, name)
+            raise MissingKeyError(
+                f"the config has no key '{full}' (keys here: {', '.join(map(str, self)) or 'none'}); "
+                f"add it to the config file that defines '{self._node_path or 'the root'}' or set it with "
+                f"+{full}=...") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
@@ -75,10 +88,13 @@ class Config(dict):
             raise AttributeError(name) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, _to_config(value))
+        super().__setitem__(key, _to_config(value, _join(self._node_path, key)))
 
     def __deepcopy__(self, memo: dict) -> "Config":
-        return Config(copy.deepcopy(dict(self), memo))
+        return Config(copy.deepcopy(dict(self), memo), _node_path=self._node_path)
+
+    def __reduce__(self):  # pickle (DataLoader workers, torch.distributed objects) keeps the path
+        return (_rebuild_config, (dict(self), self._node_path))
 
     def to_dict(self) -> dict:
         """A plain ``dict``/``list`` copy (e.g. for ``json.dumps`` or ``yaml`` dumping)."""
@@ -97,11 +113,24 @@ class Config(dict):
         return node
 
 
-def _to_config(value: Any) -> Any:
-    if isinstance(value, dict) and not isinstance(value, Config):
-        return Config(value)
+def _rebuild_config(items: dict, path: str) -> Config:
+    return Config(items, _node_path=path)
+
+
+def config_path(node: Any) -> str:
+    """The dotted path of a ``Config`` node from the root (``""`` for the root or plain dicts)."""
+    return getattr(node, "_node_path", "") if isinstance(node, Config) else ""
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _to_config(value: Any, path: str = "") -> Any:
+    if isinstance(value, dict) and not (isinstance(value, Config) and value._node_path == path):
+        return Config(value, _node_path=path)
     if isinstance(value, list):
-        return [_to_config(v) for v in value]
+        return [_to_config(v, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -1828,17 +1857,23 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
     ``_target_`` is the dotted path of a callable; the other keys are its keyword arguments
     (``kwargs`` override them); ``_args_`` gives positional arguments; ``_partial_: true``
     returns a ``functools.partial``; nested nodes with ``_target_`` are built first unless
-    ``_recursive_: false``. A node without ``_target_`` is returned as plain data."""
+    ``_recursive_: false``. A node without ``_target_`` is returned as data (a ``Config`` stays a
+    ``Config`` with its path, so a missing key read from it later is named in full). Arguments
+    that do not fit the target's signature (a key it does not take, a required one the node
+    lacks) are a ``ConfigError`` naming the node and the keys."""
     import functools
+    import inspect
 
     if isinstance(node, list):
         return [instantiate(v) for v in node]
     if not isinstance(node, dict):
         return node
+    where = config_path(node)
     node = dict(node)
     node.update(kwargs)
     if "_target_" not in node:
-        return {k: instantiate(v) for k, v in node.items()}
+        built = {k: instantiate(v) for k, v in node.items()}
+        return Config(built, _node_path=where) if where else built
     target = node.pop("_target_")
     recursive = node.pop("_recursive_", True)
     partial = node.pop("_partial_", False)
@@ -1851,6 +1886,14 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
     if partial:
         return functools.partial(fn, *pos, **node)
     try:
-        return fn(*pos, **node)
+        inspect.signature(fn).bind(*pos, **node)
     except TypeError as e:
-        raise ConfigError(f"Error instantiating '{target}': {e}") from None
+        node_name = f"config node '{where}'" if where else "config node"
+        raise ConfigError(f"Error instantiating '{target}': the {node_name} does not fit its arguments: {e}. "
+                          "Fix the node's keys (a misspelt, extra or missing key).") from None
+    except ValueError:  # no signature (some builtins): let the call decide
+        try:
+            return fn(*pos, **node)
+        except TypeError as e:
+            raise ConfigError(f"Error instantiating '{target}': {e}") from None
+    return fn(*pos, **node)  # a TypeError raised inside the target is a bug: keep its traceback

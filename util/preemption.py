@@ -13,10 +13,6 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; scripts/slurm requeue on it
 
 
-class Preempted(Exception):
-    """Raised after the preemption checkpoint is written; the CLI exits with ``EXIT_PREEMPTED``."""
-
-
 class PreemptionWatcher:
     """Records SIGTERM/SIGUSR1; ``requested()`` is the flag agreed by all ranks (any rank signalled)."""
 

@@ -14,16 +14,14 @@ import torch
 
 import engine
 from util import distributed
-from util.checkpoint import (LAST, CheckpointError, CheckpointManager, EarlyStopping, load_checkpoint,
-                             rng_state, set_rng_state)
+from util.checkpoint import LAST, CheckpointError, CheckpointManager, EarlyStopping, load_checkpoint
+from util.seeding import derive_seed, rng_state, set_rng_state
 from util.config import Config, ConfigError, to_yaml
 
 log = logging.getLogger(__name__)
 
 
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (seed, epoch, rank, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+seed_for = derive_seed
 
 
 @dataclass
@@ -182,7 +180,7 @@ def train_epoch(cfg: Config, rt: Runtime, model, loader, optimizer, scaler, mana
                 watcher, **engine_kwargs) -> tuple:
     """``engine.train_one_epoch`` with the epoch's seeds (a pure function of seed, epoch and rank),
     resuming mid-epoch; when preempted it writes ``last.pt`` (rank 0) and raises ``Preempted``."""
-    from util.preemption import Preempted
+    from util.errors import Preempted
 
     settings = engine_kwargs["settings"]
     start = resume_point.batch if epoch == resume_point.epoch else 0
