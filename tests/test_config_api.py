@@ -33,6 +33,32 @@ def test_config_attribute_access_and_nested_conversion():
     assert type(cfg.to_dict()["model"]) is dict
 
 
+def test_a_missing_key_is_a_config_error_naming_the_full_key():
+    import pickle
+
+    from util.config import MissingKeyError, config_path
+
+    cfg = Config({"model": {"optim": {"blr": 1e-4}, "heads": [{"dim": 4}]}})
+    for read in (lambda: cfg.model.optim.lr_batch_divisor, lambda: cfg["model"]["optim"]["lr_batch_divisor"]):
+        with pytest.raises(MissingKeyError, match=r"no key 'model\.optim\.lr_batch_divisor'.*keys here: blr"):
+            read()
+    assert issubclass(MissingKeyError, ConfigError) and issubclass(MissingKeyError, (AttributeError, KeyError))
+    assert getattr(cfg.model, "nope", 7) == 7 and not hasattr(cfg, "nope")
+    with pytest.raises(MissingKeyError, match=r"'model\.heads\[0\]\.width'"):
+        _ = cfg.model.heads[0].width
+    clone = pickle.loads(pickle.dumps(cfg))  # DataLoader workers and torch.distributed pickle configs
+    assert config_path(clone.model.optim) == "model.optim" and clone == cfg
+    node = instantiate(cfg.model)  # a node without _target_ stays a Config that knows its path
+    with pytest.raises(MissingKeyError, match="model.optim.lr"):
+        _ = node.optim.lr
+
+
+def test_instantiate_names_the_node_whose_keys_do_not_fit():
+    cfg = Config({"model": {"_target_": "tests.test_config_api.Point", "y": 1}})
+    with pytest.raises(ConfigError, match=r"config node 'model' does not fit .*missing a required argument: 'x'"):
+        instantiate(cfg.model)
+
+
 class Point:
     def __init__(self, x, y=0, *, child=None):
         self.x, self.y, self.child = x, y, child

@@ -25,7 +25,6 @@ import datetime as _dt
 import fnmatch
 import importlib
 import itertools
-import math
 import os
 import re
 from typing import Any, Iterable, Optional
@@ -69,10 +68,13 @@ class Config(dict):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_node_path":  # copy / pickle probes; before __init__
             raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, key: Any) -> Any:
         try:
-            return self[name]
+            return dict.__getitem__(self, key)
         except KeyError:
-            full = _join(self._node_path, name)
+            full = _join(self._node_path, key)
             raise MissingKeyError(
                 f"the config has no key '{full}' (keys here: {', '.join(map(str, self)) or 'none'}); "
                 f"add it to the config file that defines '{self._node_path or 'the root'}' or set it with "

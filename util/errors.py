@@ -12,9 +12,12 @@ class ConfigError(Exception):
     """A user error: the message says what is wrong and how to fix it (exit code 2)."""
 
 
-class MissingKeyError(ConfigError, AttributeError):
-    """A config key the code needs is absent. Also an ``AttributeError``, so ``hasattr`` and
-    ``getattr(cfg, key, default)`` behave as on any object."""
+class MissingKeyError(ConfigError, AttributeError, KeyError):
+    """A config key the code needs is absent. Also an ``AttributeError`` and a ``KeyError``, so
+    ``hasattr``, ``getattr(cfg, key, default)`` and ``except KeyError`` behave as on any mapping."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class StoreError(ConfigError):
