@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.mae import build_mae  # noqa: E402
+from models.factory import build_network  # noqa: E402
 from models.pos_embed import sincos_pos_embed_2d  # noqa: E402
 
 
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     torch.manual_seed(0)
-    ours = build_mae("tiny", loss_on="all", mask_ratio=args.mask_ratio).to(device)
+    ours = build_network("signal_vit", "mae", "tiny", loss_on="all", mask_ratio=args.mask_ratio).to(device)
     ref = ReferenceMAE().to(device)
     ref.load_state_dict(ours.state_dict(), strict=True)
     models = {"ours (models.mae)": ours, "reference (timm Block)": ref}

@@ -45,47 +45,29 @@ Linear probe (``linear_probe=True``, as the MAE linear probe): ``head`` becomes
 outside ``head`` is frozen. The encoder stays in eval mode even after ``.train()`` (no drop path, no
 masking: the mask ratios have no effect in this mode), only the head's BatchNorm updates its statistics.
 
-Also here: ``ClassificationLoss`` (multiclass / multilabel / binary / regression), the class-weight
-helpers ``pos_weight_from_labels`` / ``class_weights_from_labels``, and batch ``mixup``.
+Also here: batch ``mixup``. The losses are in ``models.losses``; the fine-tuning objective that trains
+this network is ``models.objectives.Classification``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.vit import VIT_SIZES, SignalViT, random_masking
+from models.losses import TASK_TYPES
+from models.vit import SignalViT, random_masking
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ECGClassifier",
-    "POOLINGS",
-    "TASK_TYPES",
-    "blockwise_masking",
-    "random_token_masking",
-    "build_classifier",
-    "ecg_classifier_pluto",
-    "ecg_classifier_tiny",
-    "ecg_classifier_small",
-    "ecg_classifier_medium",
-    "ecg_classifier_large",
-    "ecg_classifier_base",
-    "ClassificationLoss",
-    "pos_weight_from_labels",
-    "class_weights_from_labels",
-    "mixup",
-]
+__all__ = ["ECGClassifier", "POOLINGS", "blockwise_masking", "random_token_masking", "mixup"]
 
 POOLINGS = ("cls", "avg", "attention_pool")
-TASK_TYPES = ("multiclass", "multilabel", "binary", "regression")
 BN_EPS = 1e-6
 
 
@@ -293,208 +275,6 @@ class ECGClassifier(SignalViT):
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``(B, 1, leads, T) -> (B, num_classes)`` logits. ``generator`` seeds the training-time masking."""
         return self.head(self.forward_features(x, generator))
-
-
-def build_classifier(size: str = "tiny", **kwargs: Any) -> ECGClassifier:
-    """An ``ECGClassifier`` of a named ViT size (config ``_target_: models.classifier.build_classifier``).
-
-    ``kwargs`` go to the constructor and may override the size's ``embed_dim`` / ``depth`` /
-    ``num_heads``; YAML lists for ``input_size`` / ``patch_size`` become tuples. An unknown size or an
-    unknown keyword raises ValueError naming the valid ones.
-    """
-    if size not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {size!r}; valid sizes: {', '.join(VIT_SIZES)}")
-    accepted = [p for p in inspect.signature(ECGClassifier.__init__).parameters if p != "self"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown ECGClassifier argument(s) {', '.join(unknown)}; accepted: size, {', '.join(accepted)}"
-        )
-    for key in ("input_size", "patch_size"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = tuple(kwargs[key])
-    return ECGClassifier(**{**VIT_SIZES[size], **kwargs})
-
-
-def ecg_classifier_pluto(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("pluto", **kwargs)
-
-
-def ecg_classifier_tiny(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("tiny", **kwargs)
-
-
-def ecg_classifier_small(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("small", **kwargs)
-
-
-def ecg_classifier_medium(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("medium", **kwargs)
-
-
-def ecg_classifier_large(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("large", **kwargs)
-
-
-def ecg_classifier_base(**kwargs: Any) -> ECGClassifier:
-    return build_classifier("base", **kwargs)
-
-
-# ---- losses --------------------------------------------------------------------------------------------
-def _as_tensor(values: Any, name: str) -> Optional[torch.Tensor]:
-    if values is None:
-        return None
-    t = torch.as_tensor(np.asarray(values, dtype=np.float32) if not torch.is_tensor(values) else values)
-    t = t.detach().to(torch.float32).flatten()
-    if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative, got {t.tolist()}")
-    return t
-
-
-class ClassificationLoss(nn.Module):
-    """The fine-tuning objective by task type; ``forward(logits, targets) -> 0-dim float32 loss``.
-
-    * ``multiclass``: ``F.cross_entropy`` with ``label_smoothing`` and optional ``class_weights`` (C,).
-      logits (B, C); targets either class indices (B,) / (B, 1) or one-hot integer / bool rows (B, C)
-      (taken as indices: their argmax), or class probabilities (B, C) float (soft targets from
-      ``mixup``; torch smooths them as ``y * (1 - eps) + eps / C``,
-      which equals timm's smoothed-then-mixed targets, so mixup needs no smoothing of its own).
-      Note torch's reductions: with class weights, hard targets divide by the sum of the picked
-      weights, soft targets by B.
-    * ``multilabel``: ``F.binary_cross_entropy_with_logits`` with optional ``pos_weight`` (C,); logits
-      and targets (B, C), targets multi-hot (or mixed) floats.
-    * ``binary``: the same on one logit: logits (B,) or (B, 1), targets (B,) or (B, 1); ``pos_weight`` (1,).
-    * ``regression``: ``F.mse_loss``; logits (B, K), targets (B, K) (or (B,) when K = 1).
-
-    ``label_smoothing`` only applies to ``multiclass`` (as in the reference and the seed project); for
-    the other task types a non-zero value is ignored with a warning. The loss is computed in float32
-    with autocast off. ``num_classes`` (optional) is checked against the logits and the weights.
-    """
-
-    def __init__(
-        self,
-        task_type: str,
-        *,
-        label_smoothing: float = 0.0,
-        class_weights: Any = None,
-        pos_weight: Any = None,
-        num_classes: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
-        self.task_type = task_type
-        self.num_classes = None if num_classes is None else int(num_classes)
-        smoothing = float(label_smoothing)
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing}")
-        if smoothing > 0 and task_type != "multiclass":
-            log.warning("label_smoothing %s is ignored for task_type %r (multiclass only)", smoothing, task_type)
-            smoothing = 0.0
-        self.label_smoothing = smoothing
-        cw, pw = _as_tensor(class_weights, "class_weights"), _as_tensor(pos_weight, "pos_weight")
-        if cw is not None and task_type != "multiclass":
-            raise ValueError(f"class_weights apply to multiclass only, not {task_type!r} (use pos_weight)")
-        if pw is not None and task_type not in ("multilabel", "binary"):
-            raise ValueError(f"pos_weight applies to multilabel / binary only, not {task_type!r}")
-        expected = 1 if task_type == "binary" else self.num_classes
-        for name, w in (("class_weights", cw), ("pos_weight", pw)):
-            if w is not None and expected is not None and w.numel() != expected:
-                raise ValueError(f"{name} has {w.numel()} entries, expected {expected}")
-        self.register_buffer("class_weights", cw, persistent=False)
-        self.register_buffer("pos_weight", pw, persistent=False)
-
-    def extra_repr(self) -> str:
-        return f"task_type={self.task_type!r}, label_smoothing={self.label_smoothing}, num_classes={self.num_classes}"
-
-    def _check_width(self, logits: torch.Tensor) -> None:
-        if self.num_classes is not None and logits.shape[-1] != self.num_classes:
-            raise ValueError(f"logits have {logits.shape[-1]} outputs, expected num_classes={self.num_classes}")
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            logits = logits.float()
-            if self.task_type == "multiclass":
-                self._check_width(logits)
-                weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-                if targets.dim() == 2 and targets.shape[1] > 1:
-                    # (B, C): float class probabilities, or integer / bool one-hot rows (-> indices)
-                    target = targets.float() if targets.is_floating_point() else targets.long().argmax(dim=1)
-                else:
-                    if targets.is_floating_point():
-                        raise ValueError(
-                            f"multiclass targets must be class indices (B,) or probabilities (B, C), "
-                            f"got float {tuple(targets.shape)}"
-                        )
-                    target = targets.reshape(-1).long()
-                return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
-            if self.task_type == "regression":
-                return F.mse_loss(logits, targets.float().reshape(logits.shape))
-            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            if self.task_type == "binary":
-                if logits.dim() == 2 and logits.shape[1] != 1:
-                    raise ValueError(f"binary task needs one logit per sample, got {tuple(logits.shape)}")
-                logits = logits.reshape(-1)
-                return F.binary_cross_entropy_with_logits(logits, targets.float().reshape(-1), pos_weight=pos_weight)
-            self._check_width(logits)  # multilabel
-            return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight)
-
-
-def _labels_array(labels: Any) -> np.ndarray:
-    if torch.is_tensor(labels):
-        labels = labels.detach().cpu().numpy()
-    return np.asarray(labels)
-
-
-def pos_weight_from_labels(labels: Any, *, max_weight: float = 100.0) -> torch.Tensor:
-    """BCE ``pos_weight`` per class from training labels: ``negatives / positives``, clipped to
-    ``[1 / max_weight, max_weight]``.
-
-    labels: (N, C) multi-hot (or (N,) for a binary task); NaN entries (unknown labels) are ignored.
-    Returns float32 (C,). A class without positives or without negatives gets 1.0 and is reported
-    with a warning.
-    """
-    y = _labels_array(labels).astype(np.float64)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2:
-        raise ValueError(f"labels must be (N, C) or (N,), got shape {y.shape}")
-    known = ~np.isnan(y)
-    pos = ((y > 0.5) & known).sum(axis=0).astype(np.float64)
-    neg = ((y <= 0.5) & known).sum(axis=0).astype(np.float64)
-    degenerate = (pos == 0) | (neg == 0)
-    weight = np.where(degenerate, 1.0, neg / np.maximum(pos, 1.0))
-    weight = np.clip(weight, 1.0 / max_weight, max_weight)
-    if degenerate.any():
-        log.warning(
-            "pos_weight: class(es) %s have no positive or no negative training labels; weight 1.0",
-            np.flatnonzero(degenerate).tolist(),
-        )
-    return torch.as_tensor(weight, dtype=torch.float32)
-
-
-def class_weights_from_labels(labels: Any, num_classes: int) -> torch.Tensor:
-    """"Balanced" CE class weights: inverse class frequency normalised to mean 1 over the classes present.
-
-    labels: (N,) / (N, 1) class indices, or (N, C) one-hot (argmax is taken). ``w_c = (1 / n_c) /
-    mean_k(1 / n_k)``: proportional to sklearn's ``N / (C * n_c)``. Classes absent from the labels get
-    1.0 and are reported with a warning. Returns float32 (num_classes,).
-    """
-    y = _labels_array(labels)
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    y = y.reshape(-1).astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"class indices must be in [0, {num_classes}), got [{y.min()}, {y.max()}]")
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    weight = np.ones(num_classes, dtype=np.float64)
-    if present.any():
-        inv = 1.0 / counts[present]
-        weight[present] = inv / inv.mean()
-    if not present.all():
-        log.warning("class_weights: class(es) %s absent from the labels; weight 1.0", np.flatnonzero(~present).tolist())
-    return torch.as_tensor(weight, dtype=torch.float32)
 
 
 # ---- mixup ---------------------------------------------------------------------------------------------

@@ -12,18 +12,12 @@ oetu/mae checkpoint's ``model`` dict loads with ``load_state_dict(strict=True)``
 Both pos embeds are ``nn.Parameter(requires_grad=False)`` (as in the reference), so they are in
 ``state_dict()`` and in ``parameters()`` but never get gradients.
 
-Loss (computed in float32 with autocast off):
+The loss is ``models.losses.ReconstructionLoss``: ``(1 - ncc_weight) * MSE + ncc_weight * (1 - NCC)``,
+the MSE over the removed patches (``loss_on="masked"``) or all of them (``"all"``, oetu/mae).
 
-    loss = (1 - ncc_weight) * MSE + ncc_weight * (1 - NCC)
-
-* MSE between the prediction and the patchified input ``(B, L, p0*p1*C)`` (each target patch
-  normalised to zero mean / unit variance when ``norm_pix_loss``): mean over the removed patches
-  (``loss_on="masked"``, facebookresearch/mae) or over all patches (``loss_on="all"``, oetu/mae).
-* NCC as in oetu/mae: the Pearson correlation along time between the input signal and the
-  unpatchified FULL prediction (visible patches are not pasted in), per (sample, channel, lead),
-  averaged. Both signals are standardised with the unbiased variance plus 1e-12 and the product is
-  summed over time and divided by T - 1. With ``norm_pix_loss`` the prediction is in normalised-patch
-  units while the input is not, exactly as in the reference.
+``models.objectives.MAEPretraining`` is the pretraining objective: it wraps a ``SignalMAE`` as
+``net``, feeds it the batch's signal field with the per-sample keys (so a sample's mask is the same
+on any rank and in any batch), draws the reconstruction figure, and exports the encoder.
 """
 
 from __future__ import annotations
@@ -33,25 +27,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from models.losses import ReconstructionLoss
 from models.pos_embed import sincos_pos_embed_2d
-from models.vit import LN_EPS, VIT_SIZES, Block, PatchEmbed, init_vit_weights, random_masking
+from models.vit import LN_EPS, Block, PatchEmbed, init_vit_weights, random_masking
 
-__all__ = [
-    "SignalMAE",
-    "patchify",
-    "unpatchify",
-    "normalized_cross_correlation",
-    "MAE_SIZES",
-    "build_mae",
-    "mae_vit_pluto",
-    "mae_vit_tiny",
-    "mae_vit_small",
-    "mae_vit_medium",
-    "mae_vit_large",
-    "mae_vit_base",
-]
-
-LOSS_ON = ("masked", "all")
+__all__ = ["SignalMAE", "patchify", "unpatchify"]
 
 
 def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -75,21 +55,6 @@ def unpatchify(x: torch.Tensor, patch_size: Sequence[int], grid_size: Sequence[i
     C = P // (p * q)
     x = x.reshape(B, h, w, p, q, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, q)
     return x.reshape(B, C, h * p, w * q)
-
-
-def normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Mean Pearson correlation along the last axis over all leading axes (oetu/mae's NCC).
-
-    ``a``, ``b``: (..., T). Each signal is divided by ``sqrt(unbiased var + eps)``; a constant signal
-    therefore correlates 0 with anything (no NaN).
-    """
-    T = a.shape[-1]
-    a = a - a.mean(dim=-1, keepdim=True)
-    b = b - b.mean(dim=-1, keepdim=True)
-    var_a = a.pow(2).sum(dim=-1) / (T - 1)
-    var_b = b.pow(2).sum(dim=-1) / (T - 1)
-    r = (a * b).sum(dim=-1) / (T - 1) / ((var_a + eps).sqrt() * (var_b + eps).sqrt())
-    return r.mean()
 
 
 class SignalMAE(nn.Module):
@@ -118,16 +83,10 @@ class SignalMAE(nn.Module):
         loss_on: str = "masked",
     ) -> None:
         super().__init__()
-        if loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if not 0.0 <= ncc_weight <= 1.0:
-            raise ValueError(f"ncc_weight must be in [0, 1], got {ncc_weight}")
         self.mask_ratio = float(mask_ratio)
-        self.ncc_weight = float(ncc_weight)
-        self.norm_pix_loss = bool(norm_pix_loss)
-        self.loss_on = loss_on
+        self.loss_fn = ReconstructionLoss(ncc_weight=ncc_weight, norm_pix_loss=norm_pix_loss, loss_on=loss_on)
 
         # encoder
         self.patch_embed = PatchEmbed(input_size, patch_size, in_chans, embed_dim)
@@ -152,6 +111,10 @@ class SignalMAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=LN_EPS)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_dim)
         self.init_weights()
+
+    @property
+    def norm_pix_loss(self) -> bool:
+        return self.loss_fn.norm_pix_loss
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -212,25 +175,8 @@ class SignalMAE(nn.Module):
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, C, leads, T), pred (B, L, p0*p1*C), mask (B, L) -> loss dict (float32, autocast off)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x, pred, mask = x.float(), pred.float(), mask.float()
-            target = self.patchify(x)
-            if self.norm_pix_loss:
-                mean = target.mean(dim=-1, keepdim=True)
-                var = target.var(dim=-1, keepdim=True)
-                target = (target - mean) / (var + 1e-6).sqrt()
-            per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, L)
-            if self.loss_on == "masked":
-                mse = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
-            else:
-                mse = per_patch.mean()
-            ncc = normalized_cross_correlation(x, self.unpatchify(pred))
-            loss = (1.0 - self.ncc_weight) * mse + self.ncc_weight * (1.0 - ncc)
-        return {
-            "loss": loss,
-            "loss_mse": mse.detach(),
-            "loss_ncc": (1.0 - ncc).detach(),
-            "ncc": ncc.detach(),
-        }
+            x, pred = x.float(), pred.float()
+            return self.loss_fn(x, self.patchify(x), pred, self.unpatchify(pred), mask.float())
 
     def forward(
         self, x: torch.Tensor, mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
@@ -270,48 +216,3 @@ class SignalMAE(nn.Module):
         return self.unpatchify(pred), self.unpatchify(mask_patches)
 
 
-# ---- sizes ---------------------------------------------------------------------------------------------
-_DECODERS = {
-    "pluto": dict(decoder_embed_dim=160, decoder_depth=1, decoder_num_heads=8),
-    "tiny": dict(decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),  # the paper's model
-    "small": dict(decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
-    "medium": dict(decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
-    "large": dict(decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
-    "base": dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-}
-MAE_SIZES: dict[str, dict[str, int]] = {name: {**VIT_SIZES[name], **dec} for name, dec in _DECODERS.items()}
-
-
-def build_mae(size: str = "tiny", **kwargs) -> SignalMAE:
-    """A ``SignalMAE`` of a named size (config: ``_target_: models.mae.build_mae``, ``size: tiny``);
-    ``kwargs`` go to the constructor and may override the size's dimensions."""
-    if size not in MAE_SIZES:
-        raise ValueError(f"unknown MAE size {size!r}; valid sizes: {', '.join(MAE_SIZES)}")
-    for key in ("input_size", "patch_size"):  # YAML gives lists
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(kwargs[key])
-    return SignalMAE(**{**MAE_SIZES[size], **kwargs})
-
-
-def mae_vit_pluto(**kwargs) -> SignalMAE:
-    return build_mae("pluto", **kwargs)
-
-
-def mae_vit_tiny(**kwargs) -> SignalMAE:
-    return build_mae("tiny", **kwargs)
-
-
-def mae_vit_small(**kwargs) -> SignalMAE:
-    return build_mae("small", **kwargs)
-
-
-def mae_vit_medium(**kwargs) -> SignalMAE:
-    return build_mae("medium", **kwargs)
-
-
-def mae_vit_large(**kwargs) -> SignalMAE:
-    return build_mae("large", **kwargs)
-
-
-def mae_vit_base(**kwargs) -> SignalMAE:
-    return build_mae("base", **kwargs)

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
+from util.lr_decay import layer_id_for_vit
 
 __all__ = [
     "PatchEmbed",
@@ -42,13 +43,6 @@ __all__ = [
     "sincos_pos_embed_2d",
     "resize_pos_embed",
     "VIT_SIZES",
-    "build_vit",
-    "vit_pluto",
-    "vit_tiny",
-    "vit_small",
-    "vit_medium",
-    "vit_large",
-    "vit_base",
 ]
 
 LN_EPS = 1e-6
@@ -350,11 +344,7 @@ class SignalViT(nn.Module):
     def layer_id(self, param_name: str) -> int:
         """Layer id of a parameter: 0 for cls_token / pos_embed / patch_embed, k + 1 for blocks.k,
         ``num_layers()`` for everything after the blocks (norms, pooling, head)."""
-        if param_name in ("cls_token", "pos_embed") or param_name.startswith("patch_embed."):
-            return 0
-        if param_name.startswith("blocks."):
-            return int(param_name.split(".")[1]) + 1
-        return self.num_layers()
+        return layer_id_for_vit(param_name, self.num_layers())
 
     # ---- forward ---------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -406,45 +396,16 @@ class SignalViT(nn.Module):
 
 
 # ---- sizes -------------------------------------------------------------------------------------------
+# The one size table of the signal ViT family: encoder (embed_dim / depth / num_heads) and the MAE
+# decoder (decoder_*). ``models.factory.build_network`` applies the columns a network takes.
 VIT_SIZES: dict[str, dict[str, int]] = {
-    "pluto": dict(embed_dim=256, depth=2, num_heads=8),
-    "tiny": dict(embed_dim=384, depth=3, num_heads=6),  # the paper's model
-    "small": dict(embed_dim=512, depth=4, num_heads=8),
-    "medium": dict(embed_dim=640, depth=5, num_heads=10),
-    "large": dict(embed_dim=864, depth=6, num_heads=12),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "pluto": dict(embed_dim=256, depth=2, num_heads=8, decoder_embed_dim=160, decoder_depth=1, decoder_num_heads=8),
+    # the paper's model
+    "tiny": dict(embed_dim=384, depth=3, num_heads=6, decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
+    "small": dict(embed_dim=512, depth=4, num_heads=8, decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
+    "medium": dict(embed_dim=640, depth=5, num_heads=10, decoder_embed_dim=256, decoder_depth=2,
+                   decoder_num_heads=8),
+    "large": dict(embed_dim=864, depth=6, num_heads=12, decoder_embed_dim=256, decoder_depth=2, decoder_num_heads=8),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
+                 decoder_num_heads=16),
 }
-
-
-def build_vit(size: str = "tiny", **kwargs) -> SignalViT:
-    """A ``SignalViT`` of a named size; ``kwargs`` go to the constructor (and may override the size)."""
-    if size not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {size!r}; valid sizes: {', '.join(VIT_SIZES)}")
-    for key in ("input_size", "patch_size"):  # YAML gives lists
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(kwargs[key])
-    return SignalViT(**{**VIT_SIZES[size], **kwargs})
-
-
-def vit_pluto(**kwargs) -> SignalViT:
-    return build_vit("pluto", **kwargs)
-
-
-def vit_tiny(**kwargs) -> SignalViT:
-    return build_vit("tiny", **kwargs)
-
-
-def vit_small(**kwargs) -> SignalViT:
-    return build_vit("small", **kwargs)
-
-
-def vit_medium(**kwargs) -> SignalViT:
-    return build_vit("medium", **kwargs)
-
-
-def vit_large(**kwargs) -> SignalViT:
-    return build_vit("large", **kwargs)
-
-
-def vit_base(**kwargs) -> SignalViT:
-    return build_vit("base", **kwargs)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.classifier import (ClassificationLoss, ECGClassifier, blockwise_masking, build_classifier,
-                               class_weights_from_labels, ecg_classifier_tiny, mixup, pos_weight_from_labels,
-                               random_token_masking)
+from models.classifier import ECGClassifier, blockwise_masking, mixup, random_token_masking
+from models.factory import build_network
+from models.losses import ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
 from models.mae import SignalMAE
 from models.vit import VIT_SIZES, random_masking
 
@@ -254,12 +254,16 @@ def test_mae_encoder_loads(global_pool, linear_probe):
 
 
 # ---- building ------------------------------------------------------------------------------------------
+def build_classifier(size, **kw):
+    return build_network("signal_vit", "classifier", size, **kw)
+
+
 def test_build_classifier():
     model = build_classifier("pluto", input_size=[4, 50], patch_size=[1, 10], num_classes=2, global_pool="avg")
     assert model.patch_embed.input_size == (4, 50) and model.patch_embed.patch_size == (1, 10)
     assert model.embed_dim == VIT_SIZES["pluto"]["embed_dim"] and len(model.blocks) == VIT_SIZES["pluto"]["depth"]
     assert build_classifier("tiny", input_size=[4, 50], patch_size=[1, 10], depth=1).blocks.__len__() == 1
-    assert ecg_classifier_tiny(input_size=(4, 50), patch_size=(1, 10)).embed_dim == 384
+    assert build_classifier("tiny", input_size=(4, 50), patch_size=(1, 10)).embed_dim == 384
     with pytest.raises(ValueError, match="pluto, tiny, small"):
         build_classifier("huge")
     with pytest.raises(ValueError, match="task_type"):

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from models.classifier import ECGClassifier
-from util.lr_decay import layer_id_for_vit, layer_scales, param_groups_lrd, param_groups_weight_decay
+from util.lr_decay import layer_id_for_vit, layer_scales, param_groups_lrd
 from util.lr_sched import set_lr
 
 # depth 2 -> num_layers 3; 4 leads x 40 samples, patches 1 x 10 -> 16 tokens
@@ -141,11 +141,15 @@ def test_layer_id_fallback_for_models_without_layer_id():
     assert scales["blocks.2.weight"] == 0.5 and scales["head.weight"] == 1.0
 
 
-def test_param_groups_weight_decay_unchanged():
+def test_without_layer_decay_there_are_two_groups_and_no_layer_ids_are_needed():
     model = tiny()
-    no_decay, decay = param_groups_weight_decay(model, 0.15)
+    groups = param_groups_lrd(model, weight_decay=0.15, layer_decay=1.0)
+    assert len(groups) == 2
+    no_decay, decay = sorted(groups, key=lambda g: g["weight_decay"])
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.15
     assert no_decay["lr_scale"] == decay["lr_scale"] == 1.0
     names = {id(p): n for n, p in model.named_parameters()}
     assert {"cls_token", "pos_embed", "head.bias"} <= {names[id(p)] for p in no_decay["params"]}
     assert "head.weight" in {names[id(p)] for p in decay["params"]}
+    plain = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))  # no blocks, no layer_id: fine without decay
+    assert [len(g["params"]) for g in param_groups_lrd(plain, weight_decay=0.1, layer_decay=1.0)] == [1, 3]

@@ -9,16 +9,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.mae import (MAE_SIZES, SignalMAE, build_mae, mae_vit_tiny, normalized_cross_correlation, patchify,
-                        unpatchify)
+from models.factory import build_network
+from models.losses import normalized_cross_correlation
+from models.mae import SignalMAE, patchify, unpatchify
 from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
-from models.vit import VIT_SIZES, Attention, SignalViT, build_vit, random_masking, vit_tiny
+from models.vit import VIT_SIZES, Attention, SignalViT, random_masking
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a small model: 4 leads x 40 samples, patches 1 x 10 -> grid 4 x 4 = 16 tokens
 SMALL = dict(input_size=(4, 40), patch_size=(1, 10), embed_dim=32, depth=2, num_heads=4)
 SMALL_DEC = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+
+def build_mae(size, **kw):
+    return build_network("signal_vit", "mae", size, **kw)
+
+
+def build_vit(size, **kw):
+    return build_network("signal_vit", "encoder", size, **kw)
 
 
 def small_mae(**kw):
@@ -67,7 +76,7 @@ def test_reference_mae_checkpoint_loads_strictly():
     shapes = reference_mae_tiny_shapes()
     g = torch.Generator().manual_seed(0)
     fake = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
-    model = mae_vit_tiny(input_size=(12, 2500), patch_size=(1, 100))
+    model = build_mae("tiny", input_size=(12, 2500), patch_size=(1, 100))
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
     model.load_state_dict(fake, strict=True)
     for k, v in model.state_dict().items():
@@ -78,7 +87,7 @@ def test_reference_mae_checkpoint_loads_strictly():
     enc = model.encoder_state_dict()
     assert set(enc) == {k for k in shapes if not k.startswith(("decoder_", "mask_token"))}
     for pool in (None, "cls"):
-        vit_tiny(global_pool=pool).load_state_dict(enc, strict=True)
+        build_vit("tiny", global_pool=pool).load_state_dict(enc, strict=True)
 
 
 def test_vit_classifier_keys_per_pooling():
@@ -102,7 +111,7 @@ def test_sizes_match_reference():
     assert {k: (v["embed_dim"], v["depth"], v["num_heads"]) for k, v in VIT_SIZES.items()} == {
         "pluto": (256, 2, 8), "tiny": (384, 3, 6), "small": (512, 4, 8), "medium": (640, 5, 10),
         "large": (864, 6, 12), "base": (768, 12, 12)}
-    dec = {k: (v["decoder_embed_dim"], v["decoder_depth"], v["decoder_num_heads"]) for k, v in MAE_SIZES.items()}
+    dec = {k: (v["decoder_embed_dim"], v["decoder_depth"], v["decoder_num_heads"]) for k, v in VIT_SIZES.items()}
     assert dec == {"pluto": (160, 1, 8), "tiny": (256, 2, 8), "small": (256, 2, 8), "medium": (256, 2, 8),
                    "large": (256, 2, 8), "base": (512, 8, 16)}
     with pytest.raises(ValueError, match="pluto, tiny, small, medium, large, base"):

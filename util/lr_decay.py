@@ -8,9 +8,10 @@ Layer-wise LR decay (BEiT / ELECTRA, as in facebookresearch/mae and oetu/mae fin
     num_layers      everything else (norm, fc_norm, attention_pool, head)
 
 and its learning rate is multiplied by ``lr_scale = layer_decay ** (num_layers - layer_id)`` (the head
-trains at the full rate, the patch embedding at ``layer_decay ** (depth + 1)``). No weight decay for
-1-D parameters (norms, and so all biases), names ending in ``.bias``, and ``no_weight_decay_list``
-(default ``model.no_weight_decay()``: ``pos_embed``, ``cls_token`` for the signal ViT). Frozen
+trains at the full rate, the patch embedding at ``layer_decay ** (depth + 1)``). A model may define
+its own ids with ``num_layers()`` / ``layer_id(name)``; ``layer_id_for_vit`` is the rule above, for
+any module named like a ViT. No weight decay for 1-D parameters (norms, and so all biases), names
+ending in ``.bias``, and ``no_weight_decay_list`` (default ``model.no_weight_decay()``). Frozen
 parameters (``requires_grad=False``) are left out of the optimizer. Each group carries ``lr_scale``
 and ``weight_decay``; ``util.lr_sched.set_lr`` sets ``lr = base_lr * lr_scale`` every step.
 """
@@ -20,28 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 
-__all__ = ["param_groups_weight_decay", "param_groups_lrd", "layer_id_for_vit", "layer_scales"]
-
-
-def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float,
-                              no_decay_names: Iterable[str] = ()) -> list[dict]:
-    """Two groups: decayed weights, and biases / 1-D parameters (norms) / ``no_decay_names`` without decay.
-
-    Frozen parameters (``requires_grad=False``, e.g. the MAE's fixed sin-cos position embeddings)
-    are left out of the optimizer."""
-    skip = set(no_decay_names)
-    if hasattr(model, "no_weight_decay"):
-        skip |= set(model.no_weight_decay())
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-            {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0}]
+__all__ = ["param_groups_lrd", "layer_id_for_vit", "layer_scales"]
 
 
 def layer_id_for_vit(name: str, num_layers: int) -> int:
@@ -84,7 +64,8 @@ def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[str, float]
 
 def param_groups_lrd(model: torch.nn.Module, *, weight_decay: float, layer_decay: float,
                      no_weight_decay_list: Optional[Iterable[str]] = None) -> list[dict]:
-    """Parameter groups for AdamW with layer-wise LR decay, one per (layer id, decay / no_decay).
+    """Parameter groups for AdamW, one per (layer id, decay / no_decay); with ``layer_decay == 1``
+    every layer shares one scale, giving two groups (and the model needs no layer ids).
 
     Groups appear in the order their first parameter appears in ``model.named_parameters()`` and
     are ``{"params": [...], "lr_scale": layer_decay ** (num_layers - layer_id), "weight_decay": wd or 0}``.
@@ -95,13 +76,13 @@ def param_groups_lrd(model: torch.nn.Module, *, weight_decay: float, layer_decay
     if no_weight_decay_list is None:
         no_weight_decay_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     skip = set(no_weight_decay_list)
-    num_layers = _num_layers(model)
+    num_layers = _num_layers(model) if layer_decay < 1.0 else 0
     groups: dict[tuple[int, str], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or name.endswith(".bias") or name in skip
-        layer_id = _layer_id(model, name, num_layers)
+        layer_id = _layer_id(model, name, num_layers) if layer_decay < 1.0 else 0
         key = (layer_id, "no_decay" if no_decay else "decay")
         if key not in groups:
             groups[key] = {
@@ -111,3 +92,4 @@ def param_groups_lrd(model: torch.nn.Module, *, weight_decay: float, layer_decay
             }
         groups[key]["params"].append(param)
     return list(groups.values())
+

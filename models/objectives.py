@@ -1,0 +1,250 @@
+"""Objectives: modules that own their networks and their loss. The engine trains any of them.
+
+The contract the engine and the mains rely on (``Objective`` gives a default for each hook):
+
+    objective(batch, generator=None) -> dict
+        ``batch`` is a dict of named fields on the device (``ecg``, ``label``, ``key``, ``index``,
+        ...; see ``datasets/``). Training mode: ``loss`` (0-dim, minimised) and any other 0-dim
+        tensors (logged and averaged over the epoch). Evaluation mode: 0-dim tensors (averaged over
+        the split) and/or ``per_sample``: ``{name: (B, ...) tensor}``, which the engine gathers over
+        the whole split (every rank, in dataset order) and hands to ``evaluation_metrics``.
+    evaluation_metrics(gathered) -> dict     a split's metrics from its gathered per-sample outputs
+    param_groups() -> list[dict]             optimizer groups (weight decay, layer-wise LR decay)
+    optim                                    the model config's ``optim`` block (LR rule, schedule, betas)
+    load_pretrained() -> str | None          initial weights, before training (a resumed run then loads
+                                             its checkpoint over them); returns the file used
+    stateful() -> {name: obj}                state beyond parameters and buffers that a checkpoint must
+                                             hold (each obj has ``state_dict`` / ``load_state_dict``)
+    validation_figures(batch, generator)     ``{name: matplotlib figure}``, drawn on rank 0 after validation
+                                             (TensorBoard ``val/<name>``, ``figures/<name>_epochNNN.png``)
+    exports() -> {file name: payload}        what a pretraining run writes next to its checkpoints
+    headline_metrics                         metric names of the epoch log line (None: all of them)
+
+A model config names its objective with ``_target_`` and is instantiated with one extra keyword,
+``data``: the data side's description of the batches (``datasets.loading.DataInfo``: input fields
+and sample shapes, task type, label names, training labels). An objective's constructor lists the
+run keys it reads; every other key of the model config goes to the network builder
+(``models.factory.build_network``), which refuses a key it does not know.
+
+    MAEPretraining   signal masked autoencoder (ECG MAE pretraining)
+    Classification   classifier / regressor on an encoder (fine-tuning, linear probing)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.classifier import mixup
+from models.factory import build_network
+from models.losses import ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
+from util.errors import ConfigError
+from util.lr_decay import param_groups_lrd
+from util.metrics import MAIN_METRICS, bootstrap_ci, compute_metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Objective", "MAEPretraining", "Classification", "single_input"]
+
+
+def single_input(data: Any) -> tuple[str, Any]:
+    """``(field, spec)`` of the one input field of ``data`` (a ``DataInfo``); refused when there are
+    several (a paired dataset needs an objective that reads each of its fields)."""
+    if len(data.inputs) != 1:
+        raise ConfigError(f"this objective reads one input field, but the data gives {', '.join(data.inputs)}; "
+                          "choose a model whose objective reads all of them, or data with one input")
+    return next(iter(data.inputs.items()))
+
+
+class Objective(nn.Module):
+    """Base class: the hooks of the contract above, with defaults; subclasses own ``net`` (or
+    several networks, overriding ``param_groups``) and implement ``forward``."""
+
+    headline_metrics: Optional[tuple[str, ...]] = None
+
+    def __init__(self, optim: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.optim = optim
+
+    def param_groups(self) -> list[dict]:
+        """AdamW groups over ``self.net``: weight decay, and layer-wise LR decay by its layer ids."""
+        outside = [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("net.")]
+        if outside:
+            raise TypeError(f"{type(self).__name__} has trainable parameters outside `net` ({', '.join(outside[:4])}); "
+                            "override param_groups() to put them in the optimizer")
+        return param_groups_lrd(self.net, weight_decay=float(self.optim["weight_decay"]),
+                                layer_decay=float(self.optim["layer_decay"]))
+
+    def evaluation_metrics(self, gathered: dict[str, np.ndarray]) -> dict:
+        return {}
+
+    def load_pretrained(self) -> Optional[str]:
+        return None
+
+    def stateful(self) -> dict[str, Any]:
+        return {}
+
+    def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
+        return {}
+
+    def exports(self) -> dict[str, dict]:
+        return {}
+
+
+# ---- MAE ---------------------------------------------------------------------------------------------
+class MAEPretraining(Objective):
+    """Signal MAE pretraining: ``net`` is a ``SignalMAE`` built from the remaining model-config keys
+    (``size``, ``patch_size``, ``mask_ratio``, ``ncc_weight``, ``norm_pix_loss``, ``loss_on``, ...).
+
+    Each sample's mask is a function of its ``key`` (its dataset seed, epoch and index), so a sample is
+    masked alike on any rank and in any batch; the loss terms ``loss_mse``, ``loss_ncc``, ``ncc`` are
+    logged. ``exports()`` gives the encoder as ``{'model': state_dict}``, the released MMCL layout."""
+
+    def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, **network: Any) -> None:
+        super().__init__(optim)
+        self.field, spec = single_input(data)
+        self.row_names = list(spec.channel_names or [])
+        self.net = build_network(arch, "mae", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        out = self.net(batch[self.field], generator=generator, sample_keys=batch["key"])
+        return {k: out[k] for k in ("loss", "loss_mse", "loss_ncc", "ncc")}
+
+    def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
+        return {"recon": reconstruction_figure(self.net, batch[self.field][:1], self.row_names,
+                                                 generator)}
+
+    def exports(self) -> dict[str, dict]:
+        return {"encoder.pth": {"model": self.net.encoder_state_dict()}}
+
+
+def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator):
+    """Input vs reconstruction of the first rows (leads) of one signal, masked patches shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        recon, mask = mae.reconstruct(x, generator=generator)
+    x, recon, mask = (t[0, 0].float().cpu().numpy() for t in (x, recon, mask))
+    rows = list(range(min(4, x.shape[0])))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.8 * len(rows)), sharex=True, squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        ax.fill_between(np.arange(x.shape[1]), x[row].min(), x[row].max(), where=mask[row] > 0.5,
+                        color="0.9", step="mid", label="masked")
+        ax.plot(x[row], color="k", lw=0.8, label="input")
+        ax.plot(np.where(mask[row] > 0.5, recon[row], np.nan), color="tab:blue", lw=0.8,
+                label="reconstruction (masked part)")
+        ax.set_ylabel(row_names[row] if row < len(row_names) else f"row {row}")
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel("sample")
+    fig.tight_layout()
+    return fig
+
+
+# ---- classification ------------------------------------------------------------------------------------
+class Classification(Objective):
+    """A classifier (or regressor) on an encoder: ``net`` is the ``arch`` family's ``classifier``
+    network built from the remaining keys (``size``, ``global_pool``, ``num_classes``, masking,
+    ``linear_probe``, ...), trained with the task's loss.
+
+    ``task_type`` must match the dataset's; ``num_classes`` null means the dataset's label count.
+    ``loss``: ``label_smoothing``, ``class_weights`` (null | balanced | list), ``pos_weight`` (from the
+    training labels), ``mixup_alpha``. ``pretrained_weights`` initialises the encoder of a fresh run
+    (``pretrained_optional``: a missing file means training from scratch). Evaluation gathers the
+    logits and labels of the whole split; the loss and metrics are computed once from them."""
+
+    def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, task_type: str, loss: Mapping[str, Any],
+                 pretrained_weights: Optional[str], pretrained_optional: bool, allow_pickle_weights: bool,
+                 tolerated_missing_fraction: float, **network: Any) -> None:
+        super().__init__(optim)
+        if data.task_type is not None and data.task_type != task_type:
+            raise ConfigError(f"model.task_type is '{task_type}' but the dataset is '{data.task_type}'; "
+                              "fix modality.task_type")
+        self.field, spec = single_input(data)
+        self.task_type, self.label_names = task_type, list(data.label_names or [])
+        num_classes = network.pop("num_classes")
+        if num_classes in (None, "???"):
+            if not self.label_names:
+                raise ConfigError("model.num_classes is not set and the dataset names no labels: set "
+                                  "modality.num_classes (or model.num_classes=<N>)")
+            num_classes = len(self.label_names)
+        if self.label_names and int(num_classes) != len(self.label_names):
+            raise ConfigError(f"model.num_classes is {num_classes} but the dataset has {len(self.label_names)} "
+                              f"labels ({', '.join(map(str, self.label_names[:8]))}); fix modality.num_classes")
+        self.num_classes = int(num_classes)
+        self.net = build_network(arch, "classifier", input_size=spec.shape[1:], in_chans=spec.shape[0],
+                                 num_classes=self.num_classes, **network)
+        self.loss_fn = _classification_loss(task_type, loss, data.train_labels, self.num_classes)
+        self.mixup_alpha = float(loss["mixup_alpha"])
+        self.pretrained = dict(path=pretrained_weights, optional=bool(pretrained_optional),
+                               allow_pickle=bool(allow_pickle_weights),
+                               tolerated_missing_fraction=float(tolerated_missing_fraction))
+        self.headline_metrics = ("loss", *MAIN_METRICS[task_type])
+        self._warned_skipped: set = set()
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        x, y = batch[self.field], batch["label"]
+        if not self.training:
+            return {"per_sample": {"logits": self.net(x), "label": y}}
+        if self.mixup_alpha > 0:
+            x, y = mixup(x, y, self.mixup_alpha, generator, self.task_type, self.num_classes)
+        return {"loss": self.loss_fn(self.net(x, generator=generator), y)}
+
+    def evaluation_metrics(self, gathered: dict[str, np.ndarray]) -> dict:
+        logits, labels = gathered["logits"], gathered["label"]
+        with torch.no_grad():
+            loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
+        metrics = compute_metrics(self.task_type, labels, logits, label_names=self.label_names or None)
+        metrics["loss"] = loss
+        skipped = tuple(metrics.get("skipped_classes") or ())
+        if skipped and skipped not in self._warned_skipped:
+            self._warned_skipped.add(skipped)
+            log.warning("classes without positives or negatives were left out of the macro AUROC/AUPRC: %s",
+                        ", ".join(map(str, skipped)))
+        return metrics
+
+    def confidence_intervals(self, gathered: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict:
+        """Percentile bootstrap 95% intervals of the metrics of one gathered split."""
+        return bootstrap_ci(self.task_type, gathered["label"], gathered["logits"], n_boot=n_boot, seed=seed,
+                            label_names=self.label_names or None)
+
+    def load_pretrained(self) -> Optional[str]:
+        """Initialise the encoder from ``pretrained_weights``; returns the file used (None = scratch)."""
+        from models.weights import load_pretrained
+
+        path = self.pretrained["path"]
+        if not path:
+            log.info("model.pretrained_weights is null: training from scratch")
+            return None
+        if not os.path.isfile(path):
+            if self.pretrained["optional"]:
+                log.warning("no pretrained encoder at %s: training from scratch (python main_pretrain.py writes "
+                            "the demo encoder there)", path)
+                return None
+            raise ConfigError(f"model.pretrained_weights '{path}' does not exist. Point it at an encoder checkpoint "
+                              "(e.g. <pretraining run>/encoder.pth or the released MMCL weights), or set "
+                              "model.pretrained_weights=null to train from scratch.")
+        report = load_pretrained(self.net, path, allow_pickle=self.pretrained["allow_pickle"],
+                                 tolerated_missing_fraction=self.pretrained["tolerated_missing_fraction"])
+        log.info("initialised the encoder from %s (%d tensors loaded)", path, len(report.loaded))
+        return path
+
+
+def _classification_loss(task_type: str, loss: Mapping[str, Any], train_labels: Optional[np.ndarray],
+                         num_classes: int) -> ClassificationLoss:
+    class_weights = pos_weight = None
+    if loss["class_weights"] == "balanced":
+        class_weights = class_weights_from_labels(train_labels, num_classes)
+    elif loss["class_weights"] is not None:
+        class_weights = torch.tensor(loss["class_weights"], dtype=torch.float32)
+    if loss["pos_weight"]:
+        pos_weight = pos_weight_from_labels(train_labels)
+    return ClassificationLoss(task_type, label_smoothing=float(loss["label_smoothing"] or 0.0),
+                              class_weights=class_weights, pos_weight=pos_weight,
+                              num_classes=None if task_type == "regression" else num_classes)
