@@ -2,7 +2,7 @@
 
 Builds ECG stores of --n (default 50,000) and --small-n (default 5,000) records of 12 x 5000
 float16 (about 6 GB and 0.6 GB on disk) with StoreWriter in a temp dir, then, in a fresh process
-per store, iterates --batches (200) batches of build_ecg_loaders (batch 64, time_steps 2500,
+per store, iterates --batches (200) batches of the train loader of datasets.build_data (batch 64, time_steps 2500,
 2 workers, random crops) and reports:
 
     main at start      RSS of the main process before the first batch (mostly torch itself)
@@ -116,12 +116,16 @@ def measure(root: Path, batches: int, batch_size: int, time_steps: int, workers:
     """Iterate the train loader of the store at root; memory and time (run in a fresh process)."""
     import torch
 
-    from datasets.ecg import build_ecg_loaders
+    from datasets import build_data
 
     torch.set_num_threads(1)
-    cfg = dict(data_root=str(root.parent), dataset_key=root.name, batch_size=batch_size, num_workers=workers,
-               pin_memory=False, persistent_workers=True, time_steps=time_steps, input_electrodes=None)
-    loader = build_ecg_loaders(cfg, splits=("train",))["train"]
+    cfg = dict(kind="ecg", data_root=str(root.parent), dataset_key=root.name, build_demo=False, batch_size=batch_size,
+               num_workers=workers, pin_memory=False, persistent_workers=True, drop_last=True,
+               use_train_subsample=False, fold=None, train_fraction=1.0, subset_seed=0, time_steps=time_steps,
+               input_electrodes=None, expected_sampling_rate=None, expected_leads=None, augment=False,
+               augment_device="cpu", ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25,
+               jitter_mode="multiplicative", rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)
+    loader = build_data(cfg, ("train",), seed=0).loaders["train"]
     me = os.getpid()
     start_rss = _status(me)["VmRSS"]  # torch and the loader, before any batch
     peak_sum, stop = [0], threading.Event()
@@ -136,7 +140,8 @@ def measure(root: Path, batches: int, batch_size: int, time_steps: int, workers:
     began, seen, epoch, checksum = time.perf_counter(), 0, 0, 0.0
     while seen < batches:
         loader.epoch_sampler.set_epoch(epoch)
-        for x, _ in loader:
+        for batch in loader:
+            x = batch["ecg"]
             checksum += float(x[:, :, :, :8].sum())
             seen += 1
             if seen == batches:

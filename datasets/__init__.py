@@ -1,1 +1,44 @@
-"""Datasets: the on-disk store, ECG / CMR / paired ECG-CMR datasets, augmentations, demo data and ingestion."""
+"""Datasets: the on-disk store, the data kinds (ECG; CMR and paired ECG-CMR next), augmentations,
+demo data, and the one data entry point, ``build_data``.
+
+    data = build_data(cfg.data, ("train", "val", "test"), seed=cfg.seed, world_size=W, rank=r)
+    data.loaders["train"]        # DataLoader of dict batches (ecg, label, key, index)
+    data.info                    # DataInfo: input fields and sample shapes, task type, label names
+    data.device_transforms       # {field: batched augmentation to run on the training device}
+
+``data.kind`` picks the source in ``KINDS``; adding a data kind is a new module with a source class
+(``datasets.loading`` describes the protocol), one line here, and its configs.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Mapping, Sequence
+
+from util.errors import ConfigError
+
+__all__ = ["KINDS", "build_data"]
+
+# data.kind -> its source class (a dotted path, imported on use so `import datasets.store` stays light)
+KINDS = {"ecg": "datasets.ecg.ECGSource"}
+
+log = logging.getLogger(__name__)
+
+
+def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_size: int = 1, rank: int = 0):
+    """A ``datasets.loading.Data`` with loaders of ``splits`` for the data config ``data_cfg``."""
+    kind = data_cfg["kind"]
+    if kind not in KINDS:
+        raise ConfigError(f"data.kind '{kind}' is not a data kind; known: {', '.join(KINDS)}")
+    from datasets.loading import Data, build_loaders
+
+    source_cls = KINDS[kind]
+    if isinstance(source_cls, str):
+        module, _, name = source_cls.rpartition(".")
+        source_cls = getattr(importlib.import_module(module), name)
+    source = source_cls(data_cfg, seed)
+    loaders, records = build_loaders(source, data_cfg, splits, seed=seed, world_size=world_size, rank=rank)
+    for name, loader in loaders.items():
+        log.debug("%s loader: %d records of split '%s', %d batches of %d per rank", name, len(records[name]),
+                  loader.dataset.split, len(loader), loader.batch_size)
+    return Data(loaders=loaders, info=source.info(records.get("train")), device_transforms=source.device_transforms)

@@ -435,17 +435,9 @@ class BatchECGTransform(nn.Module):
 # From the data config
 # --------------------------------------------------------------------------------------------
 
-_DEFAULTS = {
-    "augment": False,
-    "augment_device": "cpu",
-    "ft_surr_phase_noise": 0.1,
-    "ft_surr_p": 0.5,
-    "jitter_sigma": 0.25,
-    "jitter_mode": "multiplicative",
-    "rescaling_sigma": 0.5,
-    "time_flip_p": 0.0,
-    "sign_flip_p": 0.0,
-}
+# the data-config keys build_ecg_transforms reads (configs/data/ecg.yaml defines them)
+CONFIG_KEYS = ("augment", "augment_device", "ft_surr_phase_noise", "ft_surr_p", "jitter_sigma", "jitter_mode",
+               "rescaling_sigma", "time_flip_p", "sign_flip_p")
 
 
 def build_ecg_transforms(
@@ -453,22 +445,21 @@ def build_ecg_transforms(
 ) -> Tuple[Optional[ECGTransform], Optional[BatchECGTransform]]:
     """The train augmentation a data config asks for: ``(cpu_transform, batch_transform)``.
 
-    Keys read (others are ignored; missing ones take the paper's values): ``augment`` (bool),
+    Keys read (each must be present; others are ignored): ``augment`` (bool),
     ``augment_device`` (``"cpu"``: per sample in the DataLoader workers -> ``(ECGTransform, None)``;
     ``"device"``: batched on the training device -> ``(None, BatchECGTransform)``),
     ``ft_surr_phase_noise``, ``ft_surr_p``, ``jitter_sigma``, ``jitter_mode``, ``rescaling_sigma``,
     ``time_flip_p``, ``sign_flip_p``. ``augment: false`` gives ``(None, None)``. The values are
     checked either way; a bad one raises ``ConfigError``.
     """
-    cfg = {key: data_cfg.get(key, default) if data_cfg is not None else default
-           for key, default in _DEFAULTS.items()}
+    cfg = {key: data_cfg[key] for key in CONFIG_KEYS}
     if not isinstance(cfg["augment"], bool):
         raise ConfigError(f"data.augment must be true or false, got {cfg['augment']!r}")
     if cfg["augment_device"] not in AUGMENT_DEVICES:
         raise ConfigError(
             f"data.augment_device must be 'cpu' (per sample in the DataLoader workers) or 'device' "
             f"(batched on the training device), got {cfg['augment_device']!r}")
-    params = {key: cfg[key] for key in _DEFAULTS if key not in ("augment", "augment_device")}
+    params = {key: cfg[key] for key in CONFIG_KEYS if key not in ("augment", "augment_device")}
     try:
         _check_params(**params)
     except ValueError as err:

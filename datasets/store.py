@@ -374,6 +374,19 @@ class Store:
         return state
 
 
+def open_store(data_root: str | os.PathLike, dataset_key: str) -> Store:
+    """The store ``<data_root>/<dataset_key>``; a missing one is refused with how to build it."""
+    root = Path(data_root) / dataset_key
+    if not root.is_dir():
+        if dataset_key.startswith("demo"):
+            how = f"build the demo with: python -m datasets.demo --data-dir {data_root}"
+        else:
+            how = ("ingest the dataset into a store there (datasets.store.write_store / StoreWriter), "
+                   "or point data_root / dataset_key at an existing store")
+        raise StoreError(f"dataset store {root} does not exist; {how}")
+    return Store(root)
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing
 

@@ -404,12 +404,18 @@ def test_batch_transform_on_cuda_matches_cpu_in_distribution():
 # build_ecg_transforms
 # --------------------------------------------------------------------------------------------
 
+# configs/data/ecg.yaml's values
+ECG_AUGMENT = {"augment": True, "augment_device": "cpu", "ft_surr_phase_noise": 0.1, "ft_surr_p": 0.5,
+               "jitter_sigma": 0.25, "jitter_mode": "multiplicative", "rescaling_sigma": 0.5, "time_flip_p": 0.0,
+               "sign_flip_p": 0.0}
+
+
 def test_build_ecg_transforms():
-    assert build_ecg_transforms({"augment": False}) == (None, None)
-    assert build_ecg_transforms({}) == (None, None)
-    cfg = {"augment": True, "augment_device": "cpu", "ft_surr_phase_noise": 0.075, "jitter_sigma": 0.2,
-           "jitter_mode": "additive", "rescaling_sigma": 0.5, "time_flip_p": 0.1, "sign_flip_p": 0.2,
-           "batch_size": 32}
+    assert build_ecg_transforms({**ECG_AUGMENT, "augment": False}) == (None, None)
+    with pytest.raises(KeyError, match="jitter_sigma"):  # no code defaults: the config must give every key
+        build_ecg_transforms({k: v for k, v in ECG_AUGMENT.items() if k != "jitter_sigma"})
+    cfg = {**ECG_AUGMENT, "ft_surr_phase_noise": 0.075, "jitter_sigma": 0.2, "jitter_mode": "additive",
+           "time_flip_p": 0.1, "sign_flip_p": 0.2, "batch_size": 32}
     cpu, batched = build_ecg_transforms(cfg)
     assert batched is None and isinstance(cpu, ECGTransform)
     assert (cpu.ft_surr_phase_noise, cpu.ft_surr_p, cpu.jitter_sigma, cpu.jitter_mode, cpu.rescaling_sigma,
@@ -433,10 +439,10 @@ def test_build_ecg_transforms():
 ])
 def test_build_ecg_transforms_refuses_bad_values(bad, match):
     with pytest.raises(ConfigError, match=match):
-        build_ecg_transforms({"augment": True, **bad})
+        build_ecg_transforms({**ECG_AUGMENT, "augment": True, **bad})
     if "augment" not in bad:  # refused even when augmentation is off
         with pytest.raises(ConfigError, match=match):
-            build_ecg_transforms({"augment": False, **bad})
+            build_ecg_transforms({**ECG_AUGMENT, "augment": False, **bad})
 
 
 def test_constructors_refuse_bad_values():

@@ -1,4 +1,5 @@
-"""ECGDataset crops and labels, per-sample determinism, the epoch sampler and the loaders."""
+"""ECGDataset crops and labels, per-sample determinism, the epoch sampler and the loaders that the one
+data entry point (datasets.build_data) builds."""
 import pickle
 
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler
 
-from datasets.ecg import ECGDataset, EpochIndexSampler, build_ecg_loaders
+from datasets import build_data
+from datasets.ecg import ECGDataset
+from datasets.loading import EpochIndexSampler, train_subset
 from datasets.store import STANDARD_LEADS, Store, StoreError, make_splits, write_store
 
 N, T, STEPS = 32, 200, 50
@@ -55,10 +58,10 @@ def test_train_crops_in_bounds_and_eval_starts_at_zero(store):
     starts = set()
     for i in range(len(train)):
         record = train.indices[i]
-        x, _, _ = train[(i, 0)]
+        x = train[(i, 0)]["ecg"]
         assert x.shape == (1, 12, STEPS) and x.dtype == torch.float32
         starts.add(crop_start(store.signals[record], x[0].numpy()))
-        x_eval, _, _ = evaluation[i]
+        x_eval = evaluation[i]["ecg"]
         assert np.array_equal(x_eval[0].numpy(), store.signals[record][:, :STEPS])
     assert min(starts) >= 0 and max(starts) <= T - STEPS and len(starts) > 5
 
@@ -66,10 +69,10 @@ def test_train_crops_in_bounds_and_eval_starts_at_zero(store):
 def test_lead_selection_by_name_and_index(store):
     by_name = ECGDataset(store, "val", time_steps=STEPS, leads=["V1", "I", "aVF"], train=False)
     by_index = ECGDataset(store, "val", time_steps=STEPS, leads=[6, 0, 5], train=False)
-    x, _, _ = by_name[0]
+    x = by_name[0]["ecg"]
     assert x.shape == (1, 3, STEPS) and by_name.lead_names == ["V1", "I", "aVF"]
     assert np.array_equal(x[0].numpy(), store.signals[by_name.indices[0]][[6, 0, 5], :STEPS])
-    assert torch.equal(x, by_index[0][0])
+    assert torch.equal(x, by_index[0]["ecg"])
     with pytest.raises(StoreError, match=r"lead 'V7' is not in store.*'V6'"):
         ECGDataset(store, "val", time_steps=STEPS, leads=["V7"], train=False)
 
@@ -77,19 +80,20 @@ def test_lead_selection_by_name_and_index(store):
 def test_refuses_time_steps_longer_than_records(store):
     with pytest.raises(StoreError, match=f"time_steps=500.*T={T}"):
         ECGDataset(store, "train", time_steps=500, train=True)
-    assert ECGDataset(store, "train", time_steps=None, train=False)[0][0].shape == (1, 12, T)
+    assert ECGDataset(store, "train", time_steps=None, train=False)[0]["ecg"].shape == (1, 12, T)
 
 
 def test_same_seed_epoch_index_same_sample_and_epochs_differ(store):
     a = ECGDataset(store, "train", time_steps=STEPS, train=True, transform=add_noise, seed=7)
     b = ECGDataset(store, "train", time_steps=STEPS, train=True, transform=add_noise, seed=7)
     for i in range(5):
-        assert torch.equal(a[(i, 3)][0], b[(i, 3)][0])
-    assert all(not torch.equal(a[(i, 0)][0], a[(i, 1)][0]) for i in range(5))
-    assert not torch.equal(a[(0, 0)][0], ECGDataset(store, "train", time_steps=STEPS, train=True,
-                                                    transform=add_noise, seed=8)[(0, 0)][0])
+        assert torch.equal(a[(i, 3)]["ecg"], b[(i, 3)]["ecg"]) and a[(i, 3)]["key"] == b[(i, 3)]["key"]
+    assert all(not torch.equal(a[(i, 0)]["ecg"], a[(i, 1)]["ecg"]) for i in range(5))
+    assert not torch.equal(a[(0, 0)]["ecg"], ECGDataset(store, "train", time_steps=STEPS, train=True,
+                                                        transform=add_noise, seed=8)[(0, 0)]["ecg"])
     a.set_epoch(3)
-    assert torch.equal(a[2][0], b[(2, 3)][0])  # a plain index uses the dataset's epoch
+    assert torch.equal(a[2]["ecg"], b[(2, 3)]["ecg"])  # a plain index uses the dataset's epoch
+    assert a[2]["index"] == 2
 
 
 def test_transform_gets_leads_by_time_and_a_generator(store):
@@ -100,7 +104,7 @@ def test_transform_gets_leads_by_time_and_a_generator(store):
         return x * 2
 
     ds = ECGDataset(store, "val", time_steps=STEPS, leads=["I", "II"], train=True, transform=transform)
-    x, _, _ = ds[0]
+    x = ds[0]["ecg"]
     assert seen == [((2, STEPS), torch.float32, True)] and x.shape == (1, 2, STEPS)
 
 
@@ -111,7 +115,7 @@ def test_transform_gets_leads_by_time_and_a_generator(store):
 def test_labels(tmp_path, task_type, dtype, shape):
     store = Store(make_store(tmp_path / "s", task_type))
     ds = ECGDataset(store, "test", time_steps=STEPS, train=False)
-    _, y, _ = ds[1]
+    y = ds[1]["label"]
     assert y.dtype == dtype and tuple(y.shape) == shape
     if task_type is not None:
         assert np.allclose(y.numpy(), store.labels[ds.indices[1]])
@@ -122,7 +126,7 @@ def test_dataset_pickles_without_the_signals(store):
     ds[0]
     clone = pickle.loads(pickle.dumps(ds))
     assert len(pickle.dumps(ds)) < 20_000
-    assert torch.equal(clone[(3, 1)][0], ds[(3, 1)][0])
+    assert torch.equal(clone[(3, 1)]["ecg"], ds[(3, 1)]["ecg"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,16 +146,24 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch():
 
 
 def data_cfg(root, **kw):
-    cfg = dict(data_root=str(root.parent), dataset_key=root.name, batch_size=4, num_workers=0, pin_memory=False,
-               persistent_workers=False, time_steps=STEPS, input_electrodes=None, use_train_subsample=False,
-               fold=None, drop_last=True)
+    """Every key of configs/data/ecg.yaml (no code defaults), augmentations off unless asked."""
+    cfg = dict(kind="ecg", data_root=str(root.parent), dataset_key=root.name, build_demo=False, batch_size=4,
+               num_workers=0, pin_memory=False, persistent_workers=False, drop_last=True, use_train_subsample=False,
+               fold=None, train_fraction=1.0, subset_seed=0, time_steps=STEPS, input_electrodes=None,
+               expected_sampling_rate=None, expected_leads=None, augment=False, augment_device="cpu",
+               ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25, jitter_mode="multiplicative",
+               rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)
     cfg.update(kw)
     return cfg
 
 
+def build_ecg_loaders(cfg, splits=("train", "val"), seed=0, world_size=1, rank=0):
+    return build_data(cfg, splits, seed=seed, world_size=world_size, rank=rank).loaders
+
+
 def epoch_batches(loader, epoch):
     loader.epoch_sampler.set_epoch(epoch)
-    return [(x.clone(), y.clone()) for x, y, _ in loader]
+    return [(b["ecg"].clone(), b["label"].clone()) for b in loader]
 
 
 def same(batches_a, batches_b):
@@ -161,13 +173,12 @@ def same(batches_a, batches_b):
 
 def test_loaders_identical_with_0_and_2_workers_and_after_resume(store):
     root = store.root
-    plain = build_ecg_loaders(data_cfg(root), seed=1, train_transform=add_noise)["train"]
-    workers = build_ecg_loaders(data_cfg(root, num_workers=2, persistent_workers=True), seed=1,
-                                train_transform=add_noise)["train"]
+    plain = build_ecg_loaders(data_cfg(root, augment=True), seed=1)["train"]
+    workers = build_ecg_loaders(data_cfg(root, augment=True, num_workers=2, persistent_workers=True), seed=1)["train"]
     straight = [epoch_batches(plain, e) for e in range(3)]
     assert same(straight[0], epoch_batches(workers, 0)) and same(straight[2], epoch_batches(workers, 2))
     assert not same(straight[0], straight[1])
-    resumed = build_ecg_loaders(data_cfg(root), seed=1, train_transform=add_noise)["train"]
+    resumed = build_ecg_loaders(data_cfg(root, augment=True), seed=1)["train"]
     assert same(straight[2], epoch_batches(resumed, 2))  # a fresh process resuming at epoch 2
     x, y = straight[0][0]
     assert x.shape == (4, 1, 12, STEPS) and y.shape == (4, 3)
@@ -183,7 +194,7 @@ def test_loader_splits_folds_and_subsample(store):
     assert np.array_equal(fold["val"].dataset.indices, store.split("fold_2_val"))
     sub = build_ecg_loaders(data_cfg(store.root, use_train_subsample=True, input_electrodes=["II", "V1"]))
     assert np.array_equal(sub["train"].dataset.indices, store.split("train_subsample"))
-    assert next(iter(sub["val"]))[0].shape == (4, 1, 2, STEPS)
+    assert next(iter(sub["val"]))["ecg"].shape == (4, 1, 2, STEPS)
 
 
 def test_distributed_sampler_covers_every_index_once(store):
@@ -213,12 +224,11 @@ def test_loader_refusals(store, tmp_path):
         build_ecg_loaders(data_cfg(store.root, fold=9))
     with pytest.raises(StoreError, match="batch_size"):
         build_ecg_loaders(data_cfg(store.root, batch_size=64))
-    with pytest.raises(StoreError, match="lacks.*time_steps"):
+    with pytest.raises(StoreError, match="lacks time_steps"):
         build_ecg_loaders(data_cfg(store.root, time_steps=None))
 
 
 def test_train_fraction_is_a_fixed_subset_independent_of_the_run_seed():
-    from datasets.ecg import train_subset
     records = np.arange(100, 200)
     a = train_subset(records, 0.1, seed=0)
     assert len(a) == 10 and set(a) <= set(records) and list(a) == sorted(a)

@@ -1,0 +1,214 @@
+"""The modality-agnostic data machinery: one DataLoader per split with dict batches, split
+resolution (folds, train subsample, label fractions), DDP sharding, epoch-keyed sampling, worker
+setup, and what the model learns about the data (``DataInfo``).
+
+Every random choice for one sample (crop, augmentation, view) comes from a ``torch.Generator``
+seeded from ``(seed, epoch, index)`` by ``KeyedDataset``, and the loader's sampler hands out
+``(index, epoch)`` pairs (``EpochIndexSampler``). A batch is therefore a pure function of
+(seed, epoch, step): the same with 0 or 8 workers, persistent or not, on N ranks, after a resume.
+
+A data kind (``datasets/ecg.py``; CMR and paired data next) provides a *source*:
+
+    source.split(name) -> np.ndarray            store indices of a split (train, val, test, fold_k_*)
+    source.dataset(records, train) -> KeyedDataset
+    source.info(train_records) -> DataInfo      input fields, sample shapes, labels
+    source.device_transforms                    {field: batched transform run on the training device}
+
+and ``datasets.build_data`` turns it into a ``Data`` with ``build_loaders`` below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+from util.errors import StoreError
+from util.seeding import derive_seed
+
+__all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "EpochIndexSampler", "resolve_split", "train_subset",
+           "split_records", "make_loader", "build_loaders"]
+
+
+@dataclass
+class InputSpec:
+    """One input field of the batches: the shape of one sample and the names of its rows."""
+    shape: tuple                      # e.g. (1, 12, 2500): channels, leads, time steps
+    channel_names: Sequence[str] = ()  # e.g. the lead names, in order
+    sampling_rate: Optional[float] = None
+
+
+@dataclass
+class DataInfo:
+    """What an objective needs to know about the data it is built for."""
+    inputs: dict[str, InputSpec]       # batch field -> spec
+    task_type: Optional[str]           # multiclass | multilabel | binary | regression | None (no labels)
+    label_names: list = field(default_factory=list)
+    train_labels: Optional[np.ndarray] = None  # labels of the training records (class / pos weights)
+    source: str = ""                   # where the data comes from, for logs
+
+
+@dataclass
+class Data:
+    """``build_data``'s result: loaders by split name, the description, and on-device transforms."""
+    loaders: dict[str, DataLoader]
+    info: DataInfo
+    device_transforms: dict[str, Callable] = field(default_factory=dict)
+
+
+class KeyedDataset(Dataset):
+    """Base of every dataset: ``dataset[(index, epoch)]`` is ``sample(index, generator)`` plus ``key``
+    (the sample's int64 seed, a function of ``(seed, epoch, index)``; e.g. its MAE mask is a function
+    of it, whatever rank or batch it lands in) and ``index`` (its position in the dataset, by which
+    evaluation puts gathered outputs back in order). A plain ``dataset[index]`` uses ``self.epoch``.
+
+    Subclasses set ``self.seed`` and implement ``__len__`` and ``sample(index, generator) -> dict``.
+    """
+
+    seed: int = 0
+    epoch: int = 0
+
+    def sample(self, index: int, generator: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain integer indices (the loaders pass ``(index, epoch)`` instead)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, item: Union[int, tuple[int, int]]) -> dict:
+        index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
+        key = derive_seed(self.seed, epoch, index)
+        sample = self.sample(int(index), torch.Generator().manual_seed(key))
+        sample["key"] = torch.tensor(key, dtype=torch.int64)
+        sample["index"] = torch.tensor(int(index), dtype=torch.int64)
+        return sample
+
+
+class EpochIndexSampler(Sampler):
+    """Wraps a sampler; yields ``(index, epoch)`` so each sample's randomness depends on the epoch.
+
+    ``set_epoch(e)`` forwards to a base sampler that has ``set_epoch`` (``DistributedSampler``);
+    a shuffling sampler with a generator (``RandomSampler``) is reseeded with ``seed + e``, so the
+    order of epoch ``e`` is a pure function of ``(seed, e)``.
+    """
+
+    def __init__(self, base_sampler: Sampler, seed: int = 0):
+        self.base = base_sampler
+        self.seed = int(seed)
+        if isinstance(base_sampler, RandomSampler) and base_sampler.generator is None:
+            base_sampler.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start epoch ``epoch``; ``skip`` leading samples are left out (a run resumed mid-epoch)."""
+        self.epoch = int(epoch)
+        self.skip = int(skip)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(self.epoch)
+        elif getattr(self.base, "generator", None) is not None:
+            self.base.generator.manual_seed(self.seed + self.epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        for k, index in enumerate(self.base):
+            if k >= self.skip:
+                yield int(index), epoch
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)
+
+
+def resolve_split(name: str, *, fold: Optional[int] = None, use_train_subsample: bool = False) -> str:
+    """The store split that loader ``name`` reads.
+
+    train -> fold_{fold}_train | train_subsample | train; val -> fold_{fold}_val | val; others as named.
+    """
+    if fold is not None and use_train_subsample:
+        raise StoreError("use_train_subsample and fold cannot be combined: the folds split the full train set")
+    if name == "train":
+        return f"fold_{fold}_train" if fold is not None else ("train_subsample" if use_train_subsample else "train")
+    if name == "val" and fold is not None:
+        return f"fold_{fold}_val"
+    return name
+
+
+def train_subset(records: np.ndarray, fraction: Optional[float], seed: int = 0) -> np.ndarray:
+    """A fixed random ``fraction`` of ``records`` (label-efficiency runs), in store order.
+
+    The subset depends on ``seed`` only (not on the run's seed), so runs that differ in their
+    initialisation (e.g. pretrained vs from scratch) train on the same labelled records."""
+    if fraction is None or float(fraction) >= 1.0:
+        return records
+    fraction = float(fraction)
+    if not 0.0 < fraction < 1.0:
+        raise StoreError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    keep = max(1, int(round(fraction * len(records))))
+    chosen = np.random.default_rng(seed).choice(len(records), size=keep, replace=False)
+    return np.sort(np.asarray(records)[chosen])
+
+
+def split_records(source: Any, name: str, data_cfg: Mapping[str, Any]) -> tuple[str, np.ndarray]:
+    """``(store split, record indices)`` that loader ``name`` reads: the fold or subsample for
+    train / val, and for train the fixed ``train_fraction`` chosen by ``subset_seed``."""
+    split = resolve_split(name, fold=data_cfg["fold"], use_train_subsample=bool(data_cfg["use_train_subsample"]))
+    records = source.split(split)
+    if name == "train":
+        records = train_subset(records, data_cfg["train_fraction"], seed=int(data_cfg["subset_seed"] or 0))
+    return split, records
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+                persistent_workers: bool = False, drop_last: bool = False, seed: int = 0, world_size: int = 1,
+                rank: int = 0, what: str = "this split") -> DataLoader:
+    """A ``DataLoader`` over a ``KeyedDataset`` with ``loader.epoch_sampler`` (call
+    ``loader.epoch_sampler.set_epoch(epoch)`` before each epoch).
+
+    ``train`` shuffles (one permutation per epoch); other loaders read in order. With
+    ``world_size > 1`` each rank reads its ``DistributedSampler`` shard (which pads the last round
+    with repeats when the dataset does not divide evenly; evaluation drops them by ``index``)."""
+    if world_size > 1:
+        base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                  drop_last=False)
+    elif train:
+        base = RandomSampler(dataset, generator=torch.Generator())
+    else:
+        base = SequentialSampler(dataset)
+    sampler = EpochIndexSampler(base, seed=seed)
+    if drop_last and len(sampler) < batch_size:
+        raise StoreError(f"{what} gives {len(sampler)} records per rank, fewer than "
+                         f"batch_size={batch_size}, so drop_last leaves no batch; lower batch_size "
+                         "or set drop_last false")
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=pin_memory and torch.cuda.is_available(), drop_last=drop_last,
+                        persistent_workers=persistent_workers and num_workers > 0,
+                        worker_init_fn=_worker_init if num_workers > 0 else None,
+                        generator=torch.Generator().manual_seed(seed))
+    loader.epoch_sampler = sampler
+    return loader
+
+
+def build_loaders(source: Any, data_cfg: Mapping[str, Any], splits: Sequence[str], *, seed: int,
+                  world_size: int = 1, rank: int = 0) -> tuple[dict[str, DataLoader], dict[str, np.ndarray]]:
+    """One loader per split name (``train`` shuffles, augments and drops its last partial batch when
+    ``data.drop_last``) and the record indices each reads. Reads the loader keys of
+    ``configs/data/default.yaml``: batch_size, num_workers, pin_memory, persistent_workers, drop_last,
+    use_train_subsample, fold, train_fraction, subset_seed."""
+    loaders, records_of = {}, {}
+    for name in splits:
+        train = name == "train"
+        split, records = split_records(source, name, data_cfg)
+        dataset = source.dataset(records, train=train)
+        dataset.split = split
+        loaders[name] = make_loader(
+            dataset, train=train, batch_size=int(data_cfg["batch_size"]), num_workers=int(data_cfg["num_workers"]),
+            pin_memory=bool(data_cfg["pin_memory"]), persistent_workers=bool(data_cfg["persistent_workers"]),
+            drop_last=train and bool(data_cfg["drop_last"]), seed=seed, world_size=world_size, rank=rank,
+            what=f"the '{split}' split of {getattr(source, 'root', 'the data')}")
+        records_of[name] = records
+    return loaders, records_of
