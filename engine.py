@@ -1,125 +1,184 @@
-"""The one training loop: ``train_one_epoch`` and ``evaluate``, generic over objectives.
+"""The one training loop, generic over objectives (``models/objectives.py`` states their contract).
 
-A model returns a dict whose ``loss`` is the scalar to minimise; every other 0-dim tensor in it
-is logged (MAE: ``loss_mse``, ``loss_ncc``, ``ncc``). ``forward_fn(model, batch, generator)``
-adapts a batch to the model call, so one loop serves MAE pretraining, contrastive objectives
-and classifiers. Per optimizer step: learning rate from the warmup + cosine schedule, autocast
-(+ GradScaler for fp16), gradient accumulation with DDP ``no_sync``, clipping, and a guard that
-skips a step whose loss is not finite and stops after ``max_nonfinite_steps`` in a row.
+    rt = engine.setup(cfg, "main_x.py")                      # processes, device, precision
+    data = datasets.build_data(cfg.data, splits, seed=cfg.seed, world_size=rt.world_size, rank=rt.rank)
+    objective = engine.build_objective(cfg.model, data.info, rt)
+    result = engine.fit(cfg, rt, objective, data)            # every epoch, checkpoints, resume
+    test = engine.evaluate(objective, data.loaders["test"], rt)
+
+``fit`` runs the epochs. Each one: the epoch's seeds (pure functions of seed, epoch and rank) ->
+``train_one_epoch`` (per-step warmup + cosine LR, autocast + GradScaler, accumulation with DDP
+``no_sync``, clipping, a guard that skips a step with a NaN/inf loss, a preemption check after every
+optimizer step) -> every ``check_val_every_n_epoch`` epochs ``evaluate`` on val through the
+objective's hooks, and its figures -> logging -> early stopping -> best-k and last checkpoints of the
+one ``TrainState`` -> a barrier. It honours ``trainer.fast_dev_run``, ``overfit_batches``,
+``limit_*_batches``, ``min_epochs`` and ``profiler``. Batches are dicts; the engine moves them,
+applies the on-device transforms and gathers per-sample outputs by field name only.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from util.errors import ConfigError, NonFiniteLossError
-from util.lr_sched import lr_at, set_lr
+from util import distributed
+from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpoint
+from util.config import Config, instantiate, to_yaml
+from util.device import Precision, make_scaler, resolve_device, resolve_precision
+from util.errors import ConfigError, NonFiniteLossError, Preempted
+from util.lr_sched import absolute_lr, lr_at, set_lr
+from util.preemption import PreemptionWatcher
+from util.profiler import Profiler
+from util.run_logger import RunLogger
+from util.seeding import derive_seed, rng_state
+from util.train_state import TrainState
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Runtime", "setup", "build_objective", "LoopSettings", "Loop", "fit", "FitResult", "train_one_epoch",
+           "evaluate", "Evaluation", "num_batches", "unwrap", "resolve_precision", "make_scaler", "Precision"]
+
+VAL_SEED_OFFSET = 2**31 - 1  # the validation generator's seed: derive_seed(seed, VAL_SEED_OFFSET)
+
 
 class Interrupted(Exception):
-    """``should_stop`` asked to stop after an optimizer step; where the epoch stopped."""
+    """``should_stop`` asked to stop after an optimizer step; ``batch`` batches of the epoch are done."""
 
-    def __init__(self, batch: int, global_step: int, nonfinite_streak: int) -> None:
-        super().__init__(f"stopped after batch {batch} (step {global_step})")
-        self.batch, self.global_step, self.nonfinite_streak = batch, global_step, nonfinite_streak
+    def __init__(self, batch: int) -> None:
+        super().__init__(f"stopped after batch {batch}")
+        self.batch = batch
 
 
 # ----------------------------------------------------------------------------------------
-# Device and precision
+# Setup
 # ----------------------------------------------------------------------------------------
-
-def resolve_device(accelerator: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` = this rank's CUDA device when there is one, else the CPU."""
-    accelerator = str(accelerator or "auto").lower()
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA device is available; "
-                              "use trainer.accelerator=auto or trainer=cpu")
-        return torch.device("cuda", local_rank)
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    if accelerator == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    raise ConfigError(f"trainer.accelerator must be auto, cpu or gpu, got '{accelerator}'")
-
-
-_PRECISIONS = {"auto": "auto", "32": "fp32", "32-true": "fp32", "fp32": "fp32",
-               "16": "fp16", "16-mixed": "fp16", "fp16": "fp16",
-               "bf16": "bf16", "bf16-mixed": "bf16"}
-
 
 @dataclass
-class Precision:
-    """What autocast runs in; ``scaler`` is needed for fp16 only."""
-    name: str  # fp32 | fp16 | bf16
-    device_type: str
+class Runtime:
+    """This process's place in the run: device, precision, rank and world size."""
+    device: torch.device
+    precision: Precision
+    world_size: int = 1
+    rank: int = 0
 
     @property
-    def dtype(self) -> Optional[torch.dtype]:
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.name)
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.name == "fp16"
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
-def resolve_precision(requested: Any, device: torch.device) -> Precision:
-    """``auto``: bf16 on CUDA devices that support it, fp16 (+ GradScaler) on older CUDA devices,
-    fp32 on CPU (bf16 matmuls are ~100x slower than fp32 on these CPUs)."""
-    key = str(requested).lower()
-    if key not in _PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of {', '.join(_PRECISIONS)}; got '{requested}'")
-    name = _PRECISIONS[key]
-    if device.type != "cuda":
-        if name == "fp16":
-            log.warning("trainer.precision=%s needs a CUDA device; running in fp32 on %s", requested, device)
-            name = "fp32"
-        elif name == "bf16":
-            log.warning("bf16 on %s is much slower than fp32 here; use trainer.precision=auto for fp32", device)
-        elif name == "auto":
-            name = "fp32"
-    elif name == "auto":
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Precision(name, device.type)
+def setup(cfg: Config, script: str) -> Runtime:
+    """Join torch.distributed when launched by torchrun, pick device and precision, and apply the
+    ``deterministic`` / ``detect_anomaly`` switches of ``cfg.trainer``."""
+    trainer = cfg.trainer
+    world_size, rank = distributed.world_size(), distributed.rank()
+    distributed.init_distributed()
+    device = resolve_device(trainer.accelerator, distributed.local_rank())
+    if int(trainer.devices or 1) * int(trainer.num_nodes or 1) > world_size:
+        log.warning("trainer.devices=%s x num_nodes=%s but this run has %d process(es): the world size comes "
+                    "from the launcher, e.g. torchrun --nproc_per_node=%s %s ...", trainer.devices,
+                    trainer.num_nodes, world_size, trainer.devices, script)
+    precision = resolve_precision(trainer.precision, device)
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.autograd.set_detect_anomaly(bool(trainer.detect_anomaly))
+    return Runtime(device, precision, world_size, rank)
 
 
-def make_scaler(precision: Precision) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(precision.device_type, enabled=precision.needs_scaler)
+def build_objective(model_cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module:
+    """The objective ``model_cfg`` names (its ``_target_``), built for ``data_info``, on the device."""
+    if "_target_" not in model_cfg:
+        raise ConfigError("the model config has no _target_: name the objective, e.g. "
+                          "_target_: models.objectives.MAEPretraining")
+    try:
+        objective = instantiate(model_cfg, data=data_info)
+    except ValueError as e:  # a network refused a value (a size, a pooling, a ratio)
+        raise ConfigError(f"the model config does not build: {e}") from None
+    if not isinstance(objective, torch.nn.Module) or not hasattr(objective, "param_groups"):
+        raise ConfigError(f"model._target_ {model_cfg['_target_']} is not an objective (models/objectives.py)")
+    n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+    log.info("%s %s: %.2fM trainable parameters; device %s, precision %s", type(objective).__name__,
+             model_cfg.get("size", ""), n_params / 1e6, rt.device, rt.precision.name)
+    return objective.to(rt.device)
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    if rt.world_size <= 1:
+        return model
+    kwargs = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
+    return torch.nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and hasattr(model, "no_sync") else model
 
 
 # ----------------------------------------------------------------------------------------
-# Loop settings
+# Settings
 # ----------------------------------------------------------------------------------------
+
+def _whole(trainer: Config, key: str, minimum: int) -> int:
+    value = trainer[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"trainer.{key} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _limit(trainer: Config, key: str) -> Any:
+    value = trainer[key]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        raise ConfigError(f"trainer.{key} must be null, a batch count or a fraction in (0, 1], got {value!r}")
+    return value
+
 
 @dataclass
 class LoopSettings:
-    """What one epoch needs to know, from ``trainer.*`` and the model's optimisation block."""
-    lr: float
+    """The ``trainer`` keys the loop reads, checked once (``from_config``), and the LR schedule."""
+    max_epochs: int
+    min_epochs: int
+    check_val_every_n_epoch: int
+    accumulate_grad_batches: int
+    gradient_clip_val: Optional[float]
+    log_every_n_steps: int
+    limit_train_batches: Any
+    limit_val_batches: Any
+    limit_test_batches: Any
+    overfit_batches: int
+    fast_dev_run: int                    # 0 = off, else batches per split (no checkpoints)
+    max_nonfinite_steps: int
+    progress_bar: bool
+    profiler: Optional[str]
+    lr: float = 0.0                      # the LR schedule, from the objective's optim block (fit)
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
     schedule_epochs: float = 1.0
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
-    log_every_n_steps: int = 50
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    max_nonfinite_steps: int = 5
-    progress_bar: bool = True
+
+    @classmethod
+    def from_config(cls, trainer: Config) -> "LoopSettings":
+        fast = trainer.fast_dev_run
+        fast = int(fast) if not isinstance(fast, bool) else (1 if fast else 0)
+        overfit = _whole(trainer, "overfit_batches", 0)
+        limits = {k: _limit(trainer, k) for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")}
+        if overfit:  # the same first batches every epoch, validated on themselves
+            limits.update(limit_train_batches=overfit, limit_val_batches=overfit)
+        if fast:
+            limits = {k: fast for k in limits}
+        clip = trainer.gradient_clip_val
+        return cls(max_epochs=1 if fast else _whole(trainer, "max_epochs", 1), min_epochs=_whole(trainer, "min_epochs", 0),
+                   check_val_every_n_epoch=_whole(trainer, "check_val_every_n_epoch", 1),
+                   accumulate_grad_batches=_whole(trainer, "accumulate_grad_batches", 1),
+                   gradient_clip_val=float(clip) if clip else None,
+                   log_every_n_steps=_whole(trainer, "log_every_n_steps", 1), overfit_batches=overfit,
+                   fast_dev_run=fast, max_nonfinite_steps=_whole(trainer, "max_nonfinite_steps", 1),
+                   progress_bar=bool(trainer.enable_progress_bar), profiler=trainer.profiler, **limits)
 
 
 def num_batches(loader: Iterable, limit: Any) -> int:
@@ -134,32 +193,50 @@ def num_batches(loader: Iterable, limit: Any) -> int:
     return min(total, int(limit))
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") and hasattr(model, "no_sync") else model
+def build_optimizer(objective: torch.nn.Module, effective_batch: int) -> tuple[torch.optim.Optimizer, float]:
+    """AdamW over ``objective.param_groups()``; lr = ``optim.lr``, or ``blr * effective_batch / lr_batch_divisor``."""
+    optim = objective.optim
+    lr = optim["lr"]
+    if lr is None:
+        lr = absolute_lr(float(optim["blr"]), effective_batch, float(optim["lr_batch_divisor"]))
+    optimizer = torch.optim.AdamW(objective.param_groups(), lr=float(lr), betas=tuple(optim["betas"]))
+    return optimizer, float(lr)
 
 
-def default_forward(model: torch.nn.Module, batch: Any, generator: Optional[torch.Generator]) -> dict:
-    """``model(x, generator=...)``; a batch ``(x, y, keys)`` also passes the per-sample ``sample_keys``."""
-    if not isinstance(batch, (list, tuple)):
-        return model(batch, generator=generator)
-    if len(batch) > 2:
-        return model(batch[0], generator=generator, sample_keys=batch[2])
-    return model(batch[0], generator=generator)
+# ----------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------
 
-
-def _to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def batch_size(batch: dict) -> int:
+    """Samples in a dict batch: the length of ``index`` when it has one, else of its first tensor."""
+    if "index" in batch:
+        return int(batch["index"].shape[0])
+    return next(int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+
+
+def apply_transforms(batch: dict, transforms: dict, generator: Optional[torch.Generator]) -> dict:
+    """Run each on-device transform on its field (batched augmentation), without gradients."""
+    if not transforms:
+        return batch
+    batch = dict(batch)
+    with torch.no_grad():
+        for name, transform in transforms.items():
+            batch[name] = transform(batch[name], generator=generator)
     return batch
 
 
 def _scalars(outputs: dict) -> dict:
-    return {k: v.detach().float() for k, v in outputs.items()
-            if isinstance(v, torch.Tensor) and v.dim() == 0}
+    return {k: v.detach().float() for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
 
 
 class _Meter:
@@ -185,13 +262,9 @@ class _Meter:
         return {k: (totals[i] / count).item() for i, k in enumerate(keys)}
 
 
-def _batch_size(batch: Any) -> int:
-    x = batch[0] if isinstance(batch, (list, tuple)) else batch
-    return int(x.shape[0]) if isinstance(x, torch.Tensor) else 1
-
-
-def _all_finite(loss: torch.Tensor) -> bool:
-    flag = torch.isfinite(loss.detach()).all().float()
+def _all_finite(finite: bool, device: torch.device) -> bool:
+    """True when every rank's accumulation window had finite losses."""
+    flag = torch.tensor(1.0 if finite else 0.0, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
@@ -206,152 +279,8 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
                 mininterval=1.0)
 
 
-# ----------------------------------------------------------------------------------------
-# train / evaluate
-# ----------------------------------------------------------------------------------------
-
-def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, *, epoch: int, global_step: int, settings: LoopSettings,
-                    device: torch.device, precision: Precision,
-                    forward_fn: Callable = default_forward, batch_transform: Optional[Callable] = None,
-                    generator: Optional[torch.Generator] = None, run_logger: Any = None,
-                    is_main: bool = True, nonfinite_streak: int = 0, start_batch: int = 0,
-                    epoch_batches: Optional[int] = None,
-                    should_stop: Optional[Callable[[], bool]] = None) -> tuple[dict, int, int]:
-    """Train for one epoch. Returns (epoch means of the logged scalars, global step, non-finite streak).
-
-    A resumed epoch starts at ``start_batch`` of ``epoch_batches`` (the loader then yields only the
-    remaining batches). ``should_stop()`` is asked after every optimizer step; True raises
-    ``Interrupted`` with the number of batches done, so the caller can checkpoint mid-epoch."""
-    model.train()
-    total = epoch_batches if epoch_batches is not None else num_batches(loader, settings.limit_train_batches)
-    accum = max(int(settings.accumulate_grad_batches or 1), 1)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    meter = _Meter()
-    window_finite = True
-    lr = optimizer.param_groups[0]["lr"]
-    seen, t_last, samples_since = 0, time.perf_counter(), 0
-    optimizer.zero_grad(set_to_none=True)
-
-    batches = _progress(loader, total - start_batch, f"epoch {epoch}", settings.progress_bar and is_main)
-    for i, batch in enumerate(batches, start=start_batch):
-        if i >= total:
-            break
-        first_micro, last_micro = i % accum == 0, (i + 1) % accum == 0 or i + 1 == total
-        if first_micro:
-            lr = lr_at(epoch + i / total, lr=settings.lr, min_lr=settings.min_lr,
-                       warmup_epochs=settings.warmup_epochs, epochs=settings.schedule_epochs)
-            set_lr(optimizer, lr)
-        batch = _to_device(batch, device)
-        if batch_transform is not None:
-            with torch.no_grad():
-                x = batch_transform(batch[0], generator=generator)
-            batch = (x, *batch[1:])
-        n = _batch_size(batch)
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with precision.autocast():
-                outputs = forward_fn(model, batch, generator)
-            loss = outputs["loss"]
-            scaler.scale(loss.float() / accum).backward()
-        window_finite = window_finite and bool(torch.isfinite(loss.detach()).item())
-        scalars = _scalars(outputs)
-        if window_finite:
-            meter.update(scalars, n)
-        seen += n
-        samples_since += n
-        if not last_micro:
-            continue
-
-        # one optimizer step for the accumulation window
-        if not _all_finite(torch.tensor(1.0 if window_finite else float("nan"), device=device)):
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite_streak += 1
-            log.warning("non-finite loss at epoch %d step %d: skipped the optimizer step (%d in a row)",
-                        epoch, global_step, nonfinite_streak)
-            if nonfinite_streak >= settings.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"the loss was NaN/inf for {nonfinite_streak} optimizer steps in a row (epoch {epoch}, "
-                    f"step {global_step}). Lower the learning rate (model.optim.blr), enable gradient "
-                    "clipping (trainer.gradient_clip_val=1.0) or use trainer.precision=32.")
-            window_finite = True
-            continue
-        nonfinite_streak = 0
-        scaler.unscale_(optimizer)
-        clip = settings.gradient_clip_val
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-
-        if run_logger is not None and is_main and global_step % max(settings.log_every_n_steps, 1) == 0:
-            now = time.perf_counter()
-            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            step_logs = {f"train/{k}": v for k, v in scalars.items()}
-            step_logs.update({"train/lr": lr, "train/grad_norm": grad_norm,
-                              "train/samples_per_s": samples_since * world / max(now - t_last, 1e-9)})
-            run_logger.log(step_logs, global_step, epoch=epoch)
-            t_last, samples_since = now, 0
-        if should_stop is not None and i + 1 < total and should_stop():
-            raise Interrupted(i + 1, global_step, nonfinite_streak)
-
-    means = meter.means(device)
-    means["lr"] = lr
-    return means, global_step, nonfinite_streak
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device, precision: Precision,
-             forward_fn: Callable = default_forward, generator: Optional[torch.Generator] = None,
-             limit_batches: Any = None, is_main: bool = True, progress_bar: bool = True) -> dict:
-    """Sample-weighted means of the model's scalar outputs over ``loader`` (all ranks reduced)."""
-    model.eval()
-    total = num_batches(loader, limit_batches)
-    meter = _Meter()
-    for i, batch in enumerate(_progress(loader, total, "validate", progress_bar and is_main)):
-        if i >= total:
-            break
-        batch = _to_device(batch, device)
-        with precision.autocast():
-            outputs = forward_fn(model, batch, generator)
-        meter.update(_scalars(outputs), _batch_size(batch))
-    return meter.means(device)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader: Any, *, device: torch.device, precision: Precision,
-            limit_batches: Any = None, is_main: bool = True, progress_bar: bool = True) -> tuple:
-    """Model outputs and targets for every sample of ``loader``'s dataset, in dataset order.
-
-    Returns ``(outputs (N, ...) float32 numpy, targets (N, ...) numpy)``. Under torch.distributed
-    each rank predicts its ``DistributedSampler`` shard; the shards are gathered, re-interleaved and
-    the sampler's padding repeats are dropped, so the result equals a single-process pass."""
-    model.eval()
-    total = num_batches(loader, limit_batches)
-    outputs, targets = [], []
-    for i, batch in enumerate(_progress(loader, total, "predict", progress_bar and is_main)):
-        if i >= total:
-            break
-        x, y = _to_device(batch[0], device), batch[1]
-        with precision.autocast():
-            out = model(x)
-        outputs.append(out.float().cpu())
-        targets.append(y.cpu())
-    outputs = torch.cat(outputs) if outputs else torch.zeros(0)
-    targets = torch.cat(targets) if targets else torch.zeros(0)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, (outputs, targets))
-        per_rank = max(len(g[0]) for g in gathered)
-        order = [(r, i) for i in range(per_rank) for r in range(world) if i < len(gathered[r][0])]
-        outputs = torch.stack([gathered[r][0][i] for r, i in order])
-        targets = torch.stack([gathered[r][1][i] for r, i in order])
-        if limit_batches is None:
-            n = len(loader.dataset)
-            outputs, targets = outputs[:n], targets[:n]
-    return outputs.numpy(), targets.numpy()
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_finite_number(value: Any) -> bool:
@@ -359,3 +288,327 @@ def is_finite_number(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+# ----------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Loop:
+    """What every epoch shares: the (DDP-wrapped) objective, settings, runtime, on-device
+    transforms by field, the run logger, and the preemption check."""
+    model: torch.nn.Module
+    settings: LoopSettings
+    rt: Runtime
+    transforms: dict = field(default_factory=dict)
+    run_logger: Any = None
+    should_stop: Optional[Callable[[], bool]] = None
+
+
+def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: int, total: int,
+                    start_batch: int = 0, generator: Optional[torch.Generator] = None) -> dict:
+    """Train batches ``start_batch .. total - 1`` of epoch ``epoch`` (the loader yields only those);
+    ``state.step`` and ``state.nonfinite_streak`` advance. Returns the epoch means of the logged
+    scalars and the last LR. Raises ``Interrupted`` when ``loop.should_stop()`` says so after an
+    optimizer step, so the caller can checkpoint mid-epoch."""
+    model, s, device = loop.model, loop.settings, loop.rt.device
+    optimizer, scaler = state.optimizer, state.scaler
+    model.train()
+    accum = s.accumulate_grad_batches
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    meter = _Meter()
+    window_finite = True
+    lr = optimizer.param_groups[0]["lr"]
+    t_last, samples_since = time.perf_counter(), 0
+    optimizer.zero_grad(set_to_none=True)
+
+    batches = _progress(loader, total - start_batch, f"epoch {epoch}", s.progress_bar and loop.rt.is_main)
+    for i, batch in enumerate(batches, start=start_batch):
+        if i >= total:
+            break
+        first_micro, last_micro = i % accum == 0, (i + 1) % accum == 0 or i + 1 == total
+        if first_micro:
+            lr = lr_at(epoch + i / total, lr=s.lr, min_lr=s.min_lr, warmup_epochs=s.warmup_epochs,
+                       epochs=s.schedule_epochs)
+            set_lr(optimizer, lr)
+        batch = apply_transforms(to_device(batch, device), loop.transforms, generator)
+        n = batch_size(batch)
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with loop.rt.precision.autocast():
+                outputs = model(batch, generator=generator)
+            loss = outputs["loss"]
+            scaler.scale(loss.float() / accum).backward()
+        window_finite = window_finite and bool(torch.isfinite(loss.detach()).item())
+        scalars = _scalars(outputs)
+        if window_finite:
+            meter.update(scalars, n)
+        samples_since += n
+        if not last_micro:
+            continue
+
+        # one optimizer step for the accumulation window
+        if not _all_finite(window_finite, device):
+            optimizer.zero_grad(set_to_none=True)
+            state.nonfinite_streak += 1
+            log.warning("non-finite loss at epoch %d step %d: skipped the optimizer step (%d in a row)",
+                        epoch, state.step, state.nonfinite_streak)
+            if state.nonfinite_streak >= s.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"the loss was NaN/inf for {state.nonfinite_streak} optimizer steps in a row (epoch {epoch}, "
+                    f"step {state.step}). Lower the learning rate (model.optim.blr), enable gradient "
+                    "clipping (trainer.gradient_clip_val=1.0) or use trainer.precision=32.")
+            window_finite = True
+            continue
+        state.nonfinite_streak = 0
+        scaler.unscale_(optimizer)
+        clip = s.gradient_clip_val
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+
+        if loop.run_logger is not None and loop.rt.is_main and state.step % s.log_every_n_steps == 0:
+            now = time.perf_counter()
+            step_logs = {f"train/{k}": v for k, v in scalars.items()}
+            step_logs.update({"train/lr": lr, "train/grad_norm": grad_norm,
+                              "train/samples_per_s": samples_since * loop.rt.world_size / max(now - t_last, 1e-9)})
+            loop.run_logger.log(step_logs, state.step, epoch=epoch)
+            t_last, samples_since = now, 0
+        if loop.should_stop is not None and i + 1 < total and loop.should_stop():
+            raise Interrupted(i + 1)
+
+    means = meter.means(device)
+    means["lr"] = lr
+    return means
+
+
+@dataclass
+class Evaluation:
+    """One evaluation pass: the metrics (scalar means merged with the objective's
+    ``evaluation_metrics``), the gathered per-sample outputs in dataset order, the first batch."""
+    metrics: dict
+    gathered: dict
+    first_batch: Optional[dict]
+
+
+def _gather(pieces: dict[str, list], device: torch.device) -> dict[str, np.ndarray]:
+    """Concatenate per-sample outputs, gather them from every rank, put them in dataset order by
+    ``index`` and drop the repeats a ``DistributedSampler`` pads with: exactly one single-process pass."""
+    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in pieces.items()}
+    shards = distributed.all_gather_object(local)
+    merged = {k: torch.cat([shard[k] for shard in shards]) for k in local}
+    index = merged.pop("index").numpy()
+    order = np.argsort(index, kind="stable")
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = index[order][1:] != index[order][:-1]
+    keep = order[first]
+    return {"index": index[keep], **{k: v.numpy()[keep] for k, v in merged.items()}}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Iterable, rt: Runtime, *, limit_batches: Any = None,
+             generator: Optional[torch.Generator] = None, progress_bar: bool = False,
+             desc: str = "validate") -> Evaluation:
+    """One pass over ``loader`` in eval mode (all ranks: every rank gets the same result).
+
+    0-dim outputs are averaged per sample; ``per_sample`` outputs are gathered over the whole split
+    and passed to the objective's ``evaluation_metrics``, whose values take precedence. ``samples``
+    counts the distinct samples evaluated."""
+    objective = unwrap(model)
+    model.eval()
+    total = num_batches(loader, limit_batches)
+    meter = _Meter()
+    pieces: dict[str, list] = {"index": []}
+    first = None
+    for i, batch in enumerate(_progress(loader, total, desc, progress_bar and rt.is_main)):
+        if i >= total:
+            break
+        batch = to_device(batch, rt.device)
+        first = batch if first is None else first
+        with rt.precision.autocast():
+            outputs = model(batch, generator=generator)
+        meter.update(_scalars(outputs), batch_size(batch))
+        pieces["index"].append(batch["index"].cpu())
+        for name, value in (outputs.get("per_sample") or {}).items():
+            value = value.detach()
+            pieces.setdefault(name, []).append((value.float() if value.is_floating_point() else value).cpu())
+    metrics = meter.means(rt.device)
+    gathered = _gather(pieces, rt.device)
+    log.debug("%s: %d of %d batches, %d distinct samples", desc, min(total, len(loader)), len(loader),
+              len(gathered["index"]))
+    if len(gathered) > 1:
+        metrics.update(objective.evaluation_metrics(gathered))
+    metrics["samples"] = len(gathered["index"])
+    return Evaluation(metrics, gathered, first)
+
+
+# ----------------------------------------------------------------------------------------
+# The epochs
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class FitResult:
+    history: dict                 # the latest value of every epoch metric, and "epoch"
+    best_checkpoint: Optional[str]
+    best_epoch: Optional[int]
+    pretrained: Optional[str]     # the file objective.load_pretrained() initialised from (None: scratch)
+    settings: LoopSettings
+    state: TrainState
+
+
+def callbacks(cfg: Config) -> tuple[CheckpointManager, Optional[EarlyStopping]]:
+    """Best-k checkpoints and early stopping from ``callbacks.model_checkpoint`` / ``early_stopping``.
+    Without ``model_checkpoint`` (``callbacks: null``, ``callbacks=none``) no checkpoint is kept, but a
+    preempted run still writes ``<output_dir>/checkpoints/last.pt`` so it can resume."""
+    node = cfg.callbacks or {}
+    ckpt_cfg = node.get("model_checkpoint")
+    if ckpt_cfg is None:
+        manager = CheckpointManager(os.path.join(cfg.paths.output_dir, "checkpoints"), save_top_k=0, save_last=False)
+    else:
+        manager = CheckpointManager(ckpt_cfg.dirpath, monitor=ckpt_cfg.monitor, mode=ckpt_cfg.mode,
+                                    save_top_k=int(ckpt_cfg.save_top_k), save_last=bool(ckpt_cfg.save_last),
+                                    filename=ckpt_cfg.filename, every_n_epochs=ckpt_cfg.every_n_epochs,
+                                    verbose=bool(ckpt_cfg.verbose))
+    es = node.get("early_stopping")
+    if es is None:
+        return manager, None
+    return manager, EarlyStopping(es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta,
+                                  check_finite=es.check_finite, strict=es.strict, verbose=bool(es.verbose),
+                                  stopping_threshold=es.stopping_threshold,
+                                  divergence_threshold=es.divergence_threshold)
+
+
+def _resume_path(cfg: Config, state: TrainState) -> Optional[str]:
+    """Where training continues from: ``ckpt_path``, or with ``resume=auto`` the run's ``last.pt``."""
+    path, mode = cfg.ckpt_path, cfg.resume
+    if mode not in (None, "auto"):
+        raise ConfigError(f"resume must be null or 'auto', got '{mode}'")
+    if path is None and mode == "auto":
+        candidate = os.path.join(state.checkpoints.dirpath, LAST)
+        path = candidate if os.path.isfile(candidate) else None
+        if path is None:
+            log.info("resume=auto: no checkpoint in %s yet; starting from scratch", state.checkpoints.dirpath)
+    return path
+
+
+def _train_epoch(loop: Loop, state: TrainState, loader: Any, *, epoch: int, data_epoch: int, seed: int,
+                 config_yaml: str) -> dict:
+    """``train_one_epoch`` with the epoch's seeds (a pure function of seed, epoch and rank), resuming
+    mid-epoch; when preempted every rank's streams are gathered, rank 0 writes ``last.pt`` and
+    ``Preempted`` is raised."""
+    rt = loop.rt
+    start = state.batch_in_epoch if epoch == state.epochs_done else 0
+    if not start:  # a mid-epoch resume continues the RNG restored from the checkpoint
+        torch.manual_seed(derive_seed(seed, epoch, rt.rank))
+    generator = torch.Generator(device=rt.device).manual_seed(derive_seed(seed, data_epoch, rt.rank, 1))
+    sampler = getattr(loader, "epoch_sampler", None)
+    if sampler is not None:
+        sampler.set_epoch(data_epoch)  # full length first: the epoch's batch count drives the LR schedule
+    total = num_batches(loader, loop.settings.limit_train_batches)
+    if sampler is not None and start:
+        sampler.set_epoch(data_epoch, skip=start * int(loader.batch_size))
+    if start and state.generator_state is not None:
+        generator.set_state(state.generator_state)
+    log.debug("epoch %d: training batches %d..%d of %d (data epoch %d)", epoch, start, total - 1, len(loader),
+              data_epoch)
+    try:
+        return train_one_epoch(loop, state, loader, epoch=epoch, total=total, start_batch=start, generator=generator)
+    except Interrupted as stop:
+        state.batch_in_epoch = stop.batch
+        generators = distributed.all_gather_object(generator.get_state().cpu())
+        rngs = distributed.all_gather_object(rng_state())
+        if rt.is_main:
+            state.checkpoints.save_last_file(state.state_dict(config=config_yaml, rng_per_rank=rngs,
+                                                              generators=generators))
+        distributed.barrier()
+        raise Preempted(f"preempted in epoch {epoch} after batch {stop.batch}: wrote "
+                        f"{os.path.join(state.checkpoints.dirpath, LAST)}; rerun with resume=auto to continue") \
+            from None
+
+
+def _log_figures(run_logger: RunLogger, figures: dict, step: int, epoch: int, output_dir: str) -> None:
+    import matplotlib.pyplot as plt
+
+    for name, fig in figures.items():
+        run_logger.log_figure(f"val/{name}", fig, step,
+                              png_path=os.path.join(output_dir, "figures", f"{name}_epoch{epoch:03d}.png"))
+        plt.close(fig)
+
+
+def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitResult:
+    """Train ``objective`` on ``data.loaders["train"]``, validating on ``data.loaders["val"]`` (see the
+    module docstring). Returns the history, the selected checkpoint (the same on every rank) and the
+    state."""
+    s = LoopSettings.from_config(cfg.trainer)
+    optim, output_dir = objective.optim, cfg.paths.output_dir
+    train_loader = data.loaders["train"]
+    effective_batch = int(train_loader.batch_size) * s.accumulate_grad_batches * rt.world_size
+    optimizer, lr = build_optimizer(objective, effective_batch)
+    s.lr, s.min_lr, s.warmup_epochs = lr, float(optim["min_lr"]), float(optim["warmup_epochs"])
+    s.schedule_epochs = float(optim["epochs"] or s.max_epochs)
+    log.info("effective batch %d (batch %d x accumulate %d x world %d), lr %.3g (blr %s / divisor %s)",
+             effective_batch, train_loader.batch_size, s.accumulate_grad_batches, rt.world_size, lr, optim["blr"],
+             optim["lr_batch_divisor"])
+    checkpoints, early_stopping = callbacks(cfg)
+    state = TrainState(objective, optimizer, make_scaler(rt.precision), checkpoints=checkpoints,
+                       early_stopping=early_stopping, extra=objective.stateful())
+    pretrained = objective.load_pretrained()  # a resumed run overwrites these with its checkpoint
+    model = wrap_ddp(objective, rt)
+    resume_path = _resume_path(cfg, state)
+    if resume_path:
+        state.load_state_dict(load_checkpoint(resume_path), rank=rt.rank, world_size=rt.world_size,
+                              source=resume_path)
+        log.info("resumed from %s at epoch %d%s (step %d)", resume_path, state.epochs_done,
+                 f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "", state.step)
+    config_yaml = to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
+    run_logger = RunLogger(cfg.logger, output_dir, enabled=rt.is_main)
+    watcher = PreemptionWatcher(rt.device)
+    profiler = Profiler(s.profiler, output_dir, rt.device, enabled=rt.is_main)
+    loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher.requested)
+    val_loader = train_loader if s.overfit_batches else data.loaders.get("val")
+    val_seed = derive_seed(cfg.seed, VAL_SEED_OFFSET)
+    headline = getattr(objective, "headline_metrics", None)
+    try:
+        for epoch in range(state.epochs_done, s.max_epochs):
+            with profiler.phase("train", epoch):
+                train_stats = _train_epoch(loop, state, train_loader, epoch=epoch,
+                                           data_epoch=0 if s.overfit_batches else epoch, seed=cfg.seed,
+                                           config_yaml=config_yaml)
+            metrics = {f"train/{k}": v for k, v in train_stats.items()}
+            if val_loader is not None and ((epoch + 1) % s.check_val_every_n_epoch == 0 or epoch + 1 == s.max_epochs):
+                if getattr(val_loader, "epoch_sampler", None) is not None:
+                    val_loader.epoch_sampler.set_epoch(0)
+                with profiler.phase("validate", epoch):  # the same masks / views every validation
+                    val = evaluate(model, val_loader, rt, limit_batches=s.limit_val_batches, progress_bar=s.progress_bar,
+                                   generator=torch.Generator(device=rt.device).manual_seed(val_seed))
+                metrics.update({f"val/{k}": v for k, v in val.metrics.items() if _is_number(v)})
+                if rt.is_main and val.first_batch is not None:
+                    figures = objective.validation_figures(val.first_batch,
+                                                           torch.Generator(device=rt.device).manual_seed(val_seed))
+                    _log_figures(run_logger, figures, state.step, epoch, output_dir)
+            if rt.is_main:
+                run_logger.log({k: v for k, v in metrics.items() if k != "train/lr"}, state.step, epoch=epoch)
+                shown = [k for k in metrics if headline is None or k.split("/", 1)[-1] in headline]
+                log.info("epoch %d: %s", epoch, "  ".join(f"{k} {metrics[k]:.4g}" for k in shown))
+            state.history = {**state.history, **metrics, "epoch": epoch}
+            state.epochs_done, state.batch_in_epoch = epoch + 1, 0
+            stop = False
+            if early_stopping is not None and any(k.startswith("val/") for k in metrics) and epoch + 1 >= s.min_epochs:
+                stop = early_stopping.step(metrics)
+            if rt.is_main and not s.fast_dev_run:
+                checkpoints.save(state.state_dict(config=config_yaml), epoch, metrics)
+            distributed.barrier()
+            if stop:
+                log.info("early stopping after epoch %d: %s", epoch, early_stopping.reason)
+                break
+    finally:
+        run_logger.close()
+        watcher.close()
+    profiler.report()
+    # rank 0 alone writes checkpoints and knows the selected one: every rank must use that file
+    best = distributed.broadcast_object(checkpoints.best_path if not s.fast_dev_run else None)
+    best_epoch = distributed.broadcast_object(next((b["epoch"] for b in checkpoints.best if b["path"] == best), None))
+    return FitResult(state.history, best, best_epoch, pretrained, s, state)

@@ -161,6 +161,20 @@ def test_sweep_summary_holds_each_jobs_returned_metrics_and_job_index_runs_one(t
     assert cli.run_cli(_objective, "finetune", argv=argv_bad, prog="main_finetune.py") == 2
 
 
+def test_optimized_metric_selects_the_value_a_sweep_records_per_job(tmp_path, capsys):
+    argv = ["-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1,2", f"hydra.sweep.dir={tmp_path}/s",
+            "optimized_metric=val/score"]
+    assert cli.run_cli(_objective, "finetune", argv=argv, prog="main_finetune.py") == 0
+    jobs = json.load(open(tmp_path / "s" / "summary.json"))["jobs"]
+    assert [j["objective"] for j in jobs] == [10, 20]
+    # a metric the main does not return fails the job with the names it does return
+    argv = argv[:3] + [f"hydra.sweep.dir={tmp_path}/t", "optimized_metric=val/auroc"]
+    assert cli.run_cli(_objective, "finetune", argv=argv, prog="main_finetune.py") == 1
+    jobs = json.load(open(tmp_path / "t" / "summary.json"))["jobs"]
+    assert all(j["status"] == "failed" and "optimized_metric 'val/auroc'" in j["error"] and "val/score" in j["error"]
+               for j in jobs)
+
+
 def _failing_objective(cfg):
     if cfg.trainer.max_epochs == 2:
         raise RuntimeError("diverged")

@@ -1,5 +1,6 @@
 """The training engine on toy objectives: schedule, accumulation, clipping, the non-finite guard,
-precision selection, batch limits; and checkpoint files (atomic, best-k, weights_only, RNG)."""
+precision selection, batch limits, gathered evaluation; and checkpoint files (atomic, best-k,
+weights_only, RNG)."""
 import math
 import os
 
@@ -12,23 +13,29 @@ from util import seeding
 from util.checkpoint import CheckpointError, CheckpointManager, EarlyStopping, load_checkpoint
 from util.config import ConfigError
 from util.lr_sched import absolute_lr, lr_at, set_lr
+from util.train_state import TrainState
+
+CPU = engine.Runtime(torch.device("cpu"), engine.resolve_precision("auto", torch.device("cpu")))
 
 
 class Regression(torch.nn.Module):
-    """y = w.x; returns the engine's dict convention."""
+    """y = w.x on dict batches (x, y, index); returns the engine's dict convention, and in
+    evaluation also the per-sample predictions."""
 
     def __init__(self, dim=3):
         super().__init__()
         self.lin = torch.nn.Linear(dim, 1)
 
-    def forward(self, x, y, generator=None):
-        pred = self.lin(x).squeeze(-1)
-        loss = ((pred - y) ** 2).mean()
-        return {"loss": loss, "mse": loss.detach()}
+    def forward(self, batch, generator=None):
+        pred = self.lin(batch["x"]).squeeze(-1)
+        loss = ((pred - batch["y"]) ** 2).mean()
+        out = {"loss": loss, "mse": loss.detach()}
+        if not self.training:
+            out["per_sample"] = {"pred": pred, "y": batch["y"]}
+        return out
 
-
-def forward_xy(model, batch, generator):
-    return model(batch[0], batch[1], generator=generator)
+    def evaluation_metrics(self, gathered):
+        return {"gathered_mse": float(((gathered["pred"] - gathered["y"]) ** 2).mean())}
 
 
 def make_batches(n_batches, batch_size, seed=0, nan_at=()):
@@ -39,18 +46,26 @@ def make_batches(n_batches, batch_size, seed=0, nan_at=()):
         y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
         if i in nan_at:
             y = y * float("nan")
-        batches.append((x, y))
+        batches.append({"x": x, "y": y, "index": torch.arange(i * batch_size, (i + 1) * batch_size)})
     return batches
 
 
+def settings(**kw):
+    values = dict(max_epochs=1, min_epochs=0, check_val_every_n_epoch=1, accumulate_grad_batches=1,
+                  gradient_clip_val=None, log_every_n_steps=50, limit_train_batches=None, limit_val_batches=None,
+                  limit_test_batches=None, overfit_batches=0, fast_dev_run=0, max_nonfinite_steps=5,
+                  progress_bar=False, profiler=None, warmup_epochs=0, schedule_epochs=1e9)
+    return engine.LoopSettings(**{**values, **kw})
+
+
 def run_epoch(model, batches, lr=0.1, **kw):
+    """One epoch; returns (epoch means, optimizer steps, non-finite streak)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    settings = engine.LoopSettings(lr=lr, warmup_epochs=0, schedule_epochs=1e9, progress_bar=False,
-                                   **kw)
-    prec = engine.resolve_precision("auto", torch.device("cpu"))
-    return engine.train_one_epoch(model, batches, opt, engine.make_scaler(prec), epoch=0, global_step=0,
-                                  settings=settings, device=torch.device("cpu"), precision=prec,
-                                  forward_fn=forward_xy)
+    s = settings(lr=lr, **kw)
+    state = TrainState(model, opt, engine.make_scaler(CPU.precision))
+    means = engine.train_one_epoch(engine.Loop(model, s, CPU), state, batches, epoch=0,
+                                   total=engine.num_batches(batches, s.limit_train_batches))
+    return means, state.step, state.nonfinite_streak
 
 
 def test_lr_schedule_warmup_then_half_cosine_and_group_scales():
@@ -68,7 +83,7 @@ def test_lr_schedule_warmup_then_half_cosine_and_group_scales():
 
 def test_accumulating_two_half_batches_equals_one_full_batch():
     full = make_batches(1, 8)
-    halves = [(full[0][0][:4], full[0][1][:4]), (full[0][0][4:], full[0][1][4:])]
+    halves = [{k: v[:4] for k, v in full[0].items()}, {k: v[4:] for k, v in full[0].items()}]
     torch.manual_seed(0)
     a = Regression()
     b = Regression()
@@ -84,7 +99,7 @@ def test_gradient_clipping_bounds_the_update():
     torch.manual_seed(0)
     model = Regression()
     before = [p.detach().clone() for p in model.parameters()]
-    batches = [(torch.full((4, 3), 100.0), torch.zeros(4))]
+    batches = [{"x": torch.full((4, 3), 100.0), "y": torch.zeros(4)}]
     run_epoch(model, batches, lr=1.0, gradient_clip_val=0.5)
     delta = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(model.parameters(), before)))
     assert delta.item() == pytest.approx(0.5, rel=1e-4)
@@ -121,19 +136,24 @@ def test_precision_auto_is_fp32_on_cpu_and_half_requests_fall_back():
         engine.resolve_precision("fp8", cpu)
 
 
-def test_evaluate_gives_sample_weighted_means():
+def test_evaluate_gives_sample_weighted_means_and_gathers_per_sample_outputs_in_dataset_order():
     model = Regression()
-    batches = make_batches(2, 4) + [make_batches(1, 2, seed=5)[0]]
-    prec = engine.resolve_precision("auto", torch.device("cpu"))
-    stats = engine.evaluate(model, batches, device=torch.device("cpu"), precision=prec, forward_fn=forward_xy,
-                            progress_bar=False)
+    last = make_batches(1, 2, seed=5)[0]
+    last["index"] = torch.tensor([8, 9])
+    batches = make_batches(2, 4)[::-1] + [last]  # out of dataset order: gathering sorts by index
+    result = engine.evaluate(model, batches, CPU)
+    stats = result.metrics
     with torch.no_grad():
-        x = torch.cat([b[0] for b in batches])
-        y = torch.cat([b[1] for b in batches])
+        x = torch.cat([b["x"] for b in batches])
+        y = torch.cat([b["y"] for b in batches])
         expected = ((model.lin(x).squeeze(-1) - y) ** 2)
     per_batch = [expected[:4].mean(), expected[4:8].mean(), expected[8:].mean()]
     assert stats["loss"] == pytest.approx(((per_batch[0] + per_batch[1]) * 4 + per_batch[2] * 2).item() / 10,
                                           rel=1e-5)
+    assert list(result.gathered["index"]) == list(range(10)) and stats["samples"] == 10
+    assert result.gathered["y"].tolist() == pytest.approx(torch.cat([batches[1]["y"], batches[0]["y"],
+                                                                     last["y"]]).tolist())
+    assert stats["gathered_mse"] == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 # ---- checkpoints -------------------------------------------------------------------------
@@ -200,3 +220,18 @@ def test_early_stopping_patience_min_delta_and_refusals():
         EarlyStopping("???")
     with pytest.raises(ConfigError, match="not a validation metric"):
         EarlyStopping("val/auroc").step({"val/loss": 1.0})
+
+
+def test_run_logger_writes_jsonl_always_and_csv_with_its_prefix(tmp_path):
+    from util.run_logger import RunLogger
+
+    logger = RunLogger({"csv": {"save_dir": str(tmp_path), "name": "csv", "prefix": "exp1/"}}, str(tmp_path))
+    logger.log({"train/loss": 0.5}, step=1, epoch=0)
+    logger.log({"train/loss": 0.25, "val/loss": float("nan")}, step=2, epoch=0)
+    logger.close()
+    header, *rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert header.split(",") == ["step", "epoch", "exp1/train/loss", "exp1/val/loss"] and len(rows) == 2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert '"train/loss": 0.25' in lines[1] and '"val/loss": "nan"' in lines[1]
+    with pytest.raises(KeyError, match="prefix"):  # a chosen logger config gives every key
+        RunLogger({"csv": {"save_dir": str(tmp_path), "name": "csv"}}, str(tmp_path))

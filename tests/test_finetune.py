@@ -8,36 +8,9 @@ import pytest
 import torch
 
 import main_finetune
-from datasets.store import STANDARD_LEADS, make_splits, write_store
-from models.mae import build_mae
+from builders import FINETUNE_TINY as TINY, tiny_store  # tests/ is on sys.path
+from models.factory import build_network
 from util import cli
-
-T, LEADS = 400, STANDARD_LEADS
-TINY = ["model.size=pluto", "model.patch_size=[1,50]", "data.time_steps=200", "data.batch_size=8",
-        "data.num_workers=0", "data.augment=false", "trainer.enable_progress_bar=false",
-        "extras.print_config=false", "model.optim.warmup_epochs=1", "model.optim.lr=1e-3",
-        "model.pretrained_weights=null", "data.train_fraction=1.0"]
-
-
-def tiny_store(root, task_type, n=96, seed=0):
-    """ECGs whose frequency encodes the class (multiclass / multilabel) or the target (regression)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(T) / 100.0
-    if task_type == "regression":
-        targets = rng.uniform(0.5, 3.0, size=(n, 2)).astype(np.float32)
-        freq, labels, names = targets[:, 0], targets, ["freq", "amp"]
-        amp = targets[:, 1]
-    else:
-        cls = rng.integers(0, 3, size=n)
-        freq, amp, names = 1.0 + cls, np.ones(n), ["slow", "mid", "fast"]
-        labels = cls if task_type == "multiclass" else np.eye(3, dtype=np.float32)[cls]
-    signals = (amp[:, None, None] * np.sin(2 * np.pi * freq[:, None, None] * t[None, None, :])
-               + 0.05 * rng.standard_normal((n, 12, T))).astype(np.float32)
-    splits = make_splits(n, labels if task_type != "regression" else None, val=0.2, test=0.2, folds=2, seed=0)
-    write_store(root / f"tiny_{task_type}", signals=signals, labels=labels,
-                record_ids=[f"r{i}" for i in range(n)], splits=splits,
-                info={"modality": "ecg", "task_type": task_type, "label_names": names, "sampling_rate": 100,
-                      "lead_names": LEADS, "units": "mV", "provenance": "test", "synthetic": True})
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +69,7 @@ def test_eval_only_reproduces_the_selected_checkpoints_metrics(data_dir, tmp_pat
 
 
 def test_training_starts_from_a_pretrained_mae_encoder(data_dir, tmp_path, capsys):
-    mae = build_mae("pluto", input_size=(12, 200), patch_size=(1, 50))
+    mae = build_network("signal_vit", "mae", "pluto", input_size=(12, 200), patch_size=(1, 50))
     torch.save({"model": mae.encoder_state_dict()}, tmp_path / "encoder.pth")
     assert finetune(data_dir, tmp_path / "ft", "multiclass", "trainer.max_epochs=1",
                     f"model.pretrained_weights={tmp_path}/encoder.pth") == 0

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.factory import build_network
 from models.losses import normalized_cross_correlation

@@ -55,7 +55,7 @@ def test_pretraining_writes_a_complete_run_directory_and_learns(data_dir, tmp_pa
     ckpt = load_checkpoint(str(run_dir / "checkpoints" / "last.pt"))  # weights_only=True inside
     assert {"model", "optimizer", "scaler", "epoch", "step", "rng", "best", "early_stop", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 3 * 9  # 76 train records // batch 8
-    assert "mask_token" in ckpt["model"] and "decoder_pred.weight" in ckpt["model"]
+    assert "net.mask_token" in ckpt["model"] and "net.decoder_pred.weight" in ckpt["model"]  # the objective's MAE
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     epochs = [r for r in rows if "val/loss" in r]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
@@ -67,7 +67,7 @@ def test_pretraining_writes_a_complete_run_directory_and_learns(data_dir, tmp_pa
     encoder = torch.load(run_dir / "encoder.pth", weights_only=True)["model"]  # the best epoch's encoder
     best = load_checkpoint(metrics["best_checkpoint"])["model"]
     assert not any(k.startswith(("decoder_", "mask_token")) for k in encoder)
-    assert all(torch.equal(encoder[k], best[k]) for k in encoder) and "blocks.0.attn.qkv.weight" in encoder
+    assert all(torch.equal(encoder[k], best[f"net.{k}"]) for k in encoder) and "blocks.0.attn.qkv.weight" in encoder
 
 
 def test_two_epochs_plus_resume_equals_four_straight(data_dir, tmp_path):
@@ -112,6 +112,13 @@ def test_bad_resume_checkpoints_are_refused_with_exit_code_2(data_dir, tmp_path,
     torch.save({"model": {"not_a_key": torch.zeros(1)}, "optimizer": {}}, tmp_path / "other.pt")
     assert pretrain(data_dir, tmp_path / "b", "trainer.max_epochs=1", f"ckpt_path={tmp_path}/other.pt") == 2
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_a_config_without_a_key_the_code_reads_is_refused_naming_the_key(data_dir, tmp_path, capsys):
+    # no code default stands in for it (the LR divisor once defaulted to 256 in code and 4 in YAML)
+    assert pretrain(data_dir, tmp_path / "a", "~model.optim.lr_batch_divisor") == 2
+    assert "no key 'model.optim.lr_batch_divisor'" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "checkpoints").exists()
 
 
 def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint(data_dir, tmp_path):

@@ -1,9 +1,7 @@
-"""Checkpoints: atomic writes, last + best-k by a monitored metric, full resume state.
+"""Checkpoint files: atomic writes, safe reads, last + best-k by a monitored metric, early stopping.
 
-A checkpoint is a plain dict of tensors and Python values, readable with
-``torch.load(weights_only=True)``: ``model``, ``optimizer``, ``scaler``, ``epoch`` (the last
-finished epoch), ``step`` (optimizer steps so far), ``rng``, ``best``, ``early_stop``,
-``metrics``, ``config`` (the run's config as YAML text) and ``format_version``.
+What a checkpoint holds is ``util.train_state.TrainState.state_dict()`` (a plain dict of tensors and
+Python values, readable with ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ import math
 import os
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from util.errors import CheckpointError, ConfigError
@@ -66,16 +63,23 @@ class CheckpointManager:
 
     def __init__(self, dirpath: str, *, monitor: Optional[str] = None, mode: str = "min",
                  save_top_k: int = 1, save_last: bool = True, filename: str = "epoch_{epoch:03d}",
-                 every_n_epochs: int = 1) -> None:
+                 every_n_epochs: int = 1, verbose: bool = False) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"callbacks.model_checkpoint.mode must be 'min' or 'max', got '{mode}'")
+        if not isinstance(filename, str) or not filename:
+            raise ConfigError(f"callbacks.model_checkpoint.filename must be a file name pattern such as "
+                              f"'epoch_{{epoch:03d}}', got {filename!r}")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ConfigError(f"callbacks.model_checkpoint.every_n_epochs must be a whole number >= 1, "
+                              f"got {every_n_epochs!r}")
         self.dirpath = dirpath
         self.monitor = monitor
         self.mode = mode
-        self.save_top_k = save_top_k
-        self.save_last = save_last if save_last is not None else True
-        self.filename = filename or "epoch_{epoch:03d}"
-        self.every_n_epochs = max(int(every_n_epochs or 1), 1)
+        self.save_top_k = int(save_top_k)
+        self.save_last = bool(save_last)
+        self.filename = filename
+        self.every_n_epochs = every_n_epochs
+        self.verbose = verbose
         self.best: list[dict] = []  # [{"path", "score", "epoch"}], best first
 
     def state_dict(self) -> dict:
@@ -120,6 +124,9 @@ class CheckpointManager:
         if entry not in keep:
             return
         atomic_torch_save(dict(state, best={"best": keep}), path)
+        if self.verbose:
+            log.info("epoch %d: saved %s (%s %s, rank %d of the kept %d)", epoch, path, self.monitor or "latest",
+                     "" if score is None else f"{score:.6g}", keep.index(entry) + 1, len(keep))
         for b in ranked:
             if b not in keep and b["path"] != path and os.path.exists(b["path"]):
                 os.remove(b["path"])
@@ -131,7 +138,7 @@ class EarlyStopping:
 
     def __init__(self, monitor: str, *, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
                  check_finite: bool = True, strict: bool = True, stopping_threshold: Optional[float] = None,
-                 divergence_threshold: Optional[float] = None, **_unused: Any) -> None:
+                 divergence_threshold: Optional[float] = None, verbose: bool = False) -> None:
         if monitor in (None, "???"):
             raise ConfigError("callbacks.early_stopping.monitor is not set: name a validation metric, "
                               "e.g. callbacks.early_stopping.monitor=val/loss")
@@ -140,6 +147,7 @@ class EarlyStopping:
         self.monitor, self.mode, self.patience = monitor, mode, int(patience)
         self.min_delta, self.check_finite, self.strict = abs(float(min_delta)), check_finite, strict
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
+        self.verbose = verbose
         self.best: Optional[float] = None
         self.wait = 0
         self.reason = ""
@@ -170,9 +178,13 @@ class EarlyStopping:
             self.reason = f"{self.monitor} diverged past {self.divergence_threshold}"
             return True
         if _is_better(value, self.best, self.mode, self.min_delta):
+            if self.verbose:
+                log.info("early stopping: %s improved to %.6g", self.monitor, value)
             self.best, self.wait = value, 0
             return False
         self.wait += 1
+        if self.verbose:
+            log.info("early stopping: %s did not improve (%d of %d)", self.monitor, self.wait, self.patience)
         if self.wait >= self.patience:
             self.reason = f"{self.monitor} did not improve for {self.wait} validations (best {self.best:.6g})"
             return True

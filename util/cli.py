@@ -170,7 +170,7 @@ def apply_extras(cfg: Config) -> None:
         warnings.filterwarnings("ignore")
     if extras.get("enforce_tags") and not cfg.get("tags"):
         raise ConfigError("tags are empty but extras.enforce_tags is true: name the run, e.g. "
-                          "tags=[ecg,baseline], or set extras.enforce_tags=false.")
+                          "tags=[baseline,v1], or set extras.enforce_tags=false.")
     if extras.get("print_config"):
         log.info("config:\n%s", to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
 
@@ -194,8 +194,22 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
         log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
     apply_extras(cfg)
     seed_everything(cfg.get("seed"))
-    metrics = main(cfg)
-    return (dict(metrics) if metrics else {}), output_dir
+    metrics = dict(main(cfg) or {})
+    # optional key: a standalone config tree need not define it
+    objective = optimized_value(metrics, cfg.get("optimized_metric"))
+    return metrics, output_dir, objective
+
+
+def optimized_value(metrics: dict, key: Optional[str]) -> Optional[float]:
+    """The value of ``optimized_metric`` among the (flattened) metrics a main returned."""
+    if not key:
+        return None
+    flat = _flatten(metrics)
+    if key not in flat:
+        raise ConfigError(f"optimized_metric '{key}' is not among the metrics this run returned "
+                          f"({', '.join(sorted(flat)) or 'none'}); set optimized_metric to one of them")
+    log.info("optimized_metric %s = %s", key, flat[key])
+    return flat[key]
 
 
 def _flatten(metrics: dict, prefix: str = "") -> dict:
@@ -276,9 +290,11 @@ def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], jo
         entry: dict[str, Any] = {"num": num, "overrides": jobs[num]}
         start = time.time()
         try:
-            metrics, output_dir = _run_job(main, config_dir, name, job_overrides, job_name, now,
-                                           "MULTIRUN", num)
+            metrics, output_dir, objective = _run_job(main, config_dir, name, job_overrides, job_name, now,
+                                                      "MULTIRUN", num)
             entry.update(status="ok", output_dir=output_dir, metrics=metrics)
+            if objective is not None:
+                entry["objective"] = objective
         except Preempted as e:  # the whole sweep stops; a requeued array task reruns this job with resume=auto
             entry.update(status="preempted", error=str(e), metrics={})
             if distributed.is_main_process():

@@ -8,6 +8,10 @@ import logging
 import signal
 from typing import Any, Optional
 
+from util.errors import Preempted
+
+__all__ = ["EXIT_PREEMPTED", "Preempted", "PreemptionWatcher"]
+
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; scripts/slurm requeue on it

@@ -12,6 +12,14 @@ import os
 from typing import Any, Optional
 
 
+def write_json(path: str, payload: dict) -> None:
+    """``payload`` as indented JSON (non-JSON values as their ``str``), written atomically."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
 def _number(value: Any) -> Optional[float]:
     try:
         value = float(value.item() if hasattr(value, "item") else value)
@@ -27,23 +35,23 @@ class RunLogger:
         self.csv_path = None
         self.csv_fields: list[str] = []
         self.prefix = ""
+        self.csv_prefix = ""
         self.jsonl_path = os.path.join(output_dir, "metrics.jsonl")
         if not enabled:
             return
-        logger_cfg = logger_cfg or {}
+        logger_cfg = logger_cfg or {}  # each logger of the group is optional; a chosen one gives every key
         tb_cfg = logger_cfg.get("tensorboard")
         if tb_cfg is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            log_dir = os.path.join(tb_cfg.get("save_dir") or os.path.join(output_dir, "tensorboard"),
-                                   tb_cfg.get("name") or "")
-            self.tb = SummaryWriter(log_dir=log_dir)
-            self.prefix = tb_cfg.get("prefix") or ""
+            self.tb = SummaryWriter(log_dir=os.path.join(tb_cfg["save_dir"], tb_cfg["name"] or ""))
+            self.prefix = tb_cfg["prefix"] or ""
         csv_cfg = logger_cfg.get("csv")
         if csv_cfg is not None:
-            folder = os.path.join(csv_cfg.get("save_dir") or output_dir, csv_cfg.get("name") or "")
+            folder = os.path.join(csv_cfg["save_dir"], csv_cfg["name"] or "")
             os.makedirs(folder, exist_ok=True)
             self.csv_path = os.path.join(folder, "metrics.csv")
+            self.csv_prefix = csv_cfg["prefix"] or ""
 
     def log(self, metrics: dict, step: int, **context: Any) -> None:
         """Log scalar ``metrics`` at global ``step``; ``context`` (e.g. epoch) goes to JSON/CSV rows."""
@@ -57,6 +65,7 @@ class RunLogger:
         with open(self.jsonl_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.csv_path is not None:
+            row = {(k if k in ("step", *context) else self.csv_prefix + k): v for k, v in row.items()}
             new_fields = [k for k in row if k not in self.csv_fields]
             if new_fields:
                 self.csv_fields += new_fields

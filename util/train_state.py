@@ -1,0 +1,138 @@
+"""The training state: everything a run needs to continue exactly where it stopped, as one object.
+
+``TrainState`` holds the model (the objective), optimizer, GradScaler, best-k checkpoint list, early
+stopping, any extra stateful component an objective registers (``objective.stateful()``), and the
+progress (epochs done, optimizer steps, batches done in the current epoch, the non-finite streak,
+the metric history). ``state_dict()`` is the checkpoint file's content and ``load_state_dict()``
+restores all of it; nothing else is threaded through the loop or the mains.
+
+A checkpoint is a plain dict of tensors and Python values, readable with
+``torch.load(weights_only=True)``:
+
+    model            the objective's state dict (its networks under their attribute names, e.g. net.*)
+    optimizer        optimizer.state_dict()
+    scaler           GradScaler.state_dict()
+    epoch            the last finished epoch (-1: none yet)
+    step             optimizer steps so far
+    rng              this process's Python / NumPy / torch RNG states
+    best             best-k checkpoint list (written by CheckpointManager)
+    early_stop       early-stopping state or None
+    metrics          the metric history (finite numbers)
+    extra            {name: state_dict()} of the registered components
+    config           the run's config as YAML text
+    format_version   2 (version 1 stored the network at the root of ``model``; it is read too)
+
+A checkpoint written mid-epoch (preemption) also has ``batch_in_epoch`` (batches of epoch
+``epoch + 1`` done), ``rng_per_rank`` and ``generator`` (every rank's RNG and epoch-generator state).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from util.errors import CheckpointError
+from util.seeding import rng_state, set_rng_state
+
+FORMAT_VERSION = 2
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """A checkpoint in the current format. Version 1 (single-network objectives) kept the network's
+    state dict at the root of ``model``; the objectives now hold it as ``net``."""
+    if int(ckpt.get("format_version", 1)) >= 2:
+        return ckpt
+    return {**ckpt, "model": {f"net.{k}": v for k, v in ckpt["model"].items()}, "format_version": FORMAT_VERSION}
+
+
+def model_state(ckpt: dict) -> dict:
+    """The objective's state dict of a checkpoint of any format version."""
+    return upgrade_checkpoint(ckpt)["model"]
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return float(value) == float(value) and abs(float(value)) != float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
+class TrainState:
+    """See the module docstring. ``model`` is the unwrapped objective (not the DDP wrapper)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+                 checkpoints: Any = None, early_stopping: Any = None, extra: Optional[dict] = None) -> None:
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.checkpoints, self.early_stopping = checkpoints, early_stopping
+        self.extra: dict[str, Any] = dict(extra or {})
+        self.epochs_done = 0        # the next epoch to run
+        self.step = 0               # optimizer steps so far
+        self.batch_in_epoch = 0     # batches of epoch `epochs_done` already done (after a mid-epoch resume)
+        self.nonfinite_streak = 0   # optimizer steps skipped in a row for a NaN/inf loss
+        self.history: dict = {}     # the latest value of every epoch metric
+        self.generator_state: Optional[torch.Tensor] = None  # this rank's epoch generator at batch_in_epoch
+
+    def register(self, name: str, component: Any) -> None:
+        """Add a component with ``state_dict()`` / ``load_state_dict()`` to every checkpoint."""
+        if name in self.extra:
+            raise ValueError(f"a stateful component named {name!r} is already registered")
+        self.extra[name] = component
+
+    def state_dict(self, *, config: str = "", rng_per_rank: Optional[list] = None,
+                   generators: Optional[list] = None) -> dict:
+        """The checkpoint content. Mid-epoch (``batch_in_epoch > 0``) pass every rank's RNG state and
+        epoch-generator state (gathered), so each rank continues its own streams."""
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epochs_done - 1, "step": self.step,
+            "rng": rng_state(), "nonfinite_streak": self.nonfinite_streak,
+            "best": self.checkpoints.state_dict() if self.checkpoints is not None else {},
+            "early_stop": self.early_stopping.state_dict() if self.early_stopping is not None else None,
+            "metrics": {k: v for k, v in self.history.items() if _finite(v)},
+            "extra": {name: obj.state_dict() for name, obj in self.extra.items()},
+            "config": config, "format_version": FORMAT_VERSION,
+        }
+        if self.batch_in_epoch:
+            state["batch_in_epoch"] = self.batch_in_epoch
+            if rng_per_rank is not None:
+                state.update(rng=rng_per_rank[0], rng_per_rank=rng_per_rank)
+            if generators is not None:
+                state["generator"] = generators
+        return state
+
+    def load_state_dict(self, ckpt: dict, *, rank: int = 0, world_size: int = 1, source: str = "checkpoint") -> None:
+        """Restore everything ``state_dict`` wrote (``source`` names the file in error messages)."""
+        ckpt = upgrade_checkpoint(ckpt)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint '{source}' does not fit this model/optimizer: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.checkpoints is not None:
+            self.checkpoints.load_state_dict(ckpt.get("best") or {})
+        if self.early_stopping is not None and ckpt.get("early_stop"):
+            self.early_stopping.load_state_dict(ckpt["early_stop"])
+        extra = ckpt.get("extra") or {}
+        for name, obj in self.extra.items():
+            if name not in extra:
+                raise CheckpointError(f"checkpoint '{source}' has no state for '{name}' (it holds "
+                                      f"{', '.join(extra) or 'no extra state'}); it was written by another objective")
+            obj.load_state_dict(extra[name])
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank and len(per_rank) != world_size:
+            raise CheckpointError(f"checkpoint '{source}' was preempted mid-epoch with {len(per_rank)} processes; "
+                                  f"resume it with the same number of processes (this run has {world_size})")
+        if per_rank:
+            set_rng_state(per_rank[rank])
+        elif ckpt.get("rng"):
+            set_rng_state(ckpt["rng"])
+        generators = ckpt.get("generator")
+        self.generator_state = generators[rank] if generators else None
+        self.epochs_done = int(ckpt["epoch"]) + 1
+        self.step = int(ckpt["step"])
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch") or 0)
+        self.nonfinite_streak = int(ckpt.get("nonfinite_streak") or 0)
+        self.history = dict(ckpt.get("metrics") or {})
