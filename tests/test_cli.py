@@ -25,9 +25,13 @@ def run_main(script, *args, env=None, timeout=120):
 
 
 NOOP_MAIN = """\
-import json, os, sys
+import json, os, sys, time
 sys.path.insert(0, {repo!r})
 from util.cli import run_cli
+
+if os.environ.get("SLOW_RANK0_MKDIR") and os.environ.get("RANK") == "0":  # rank 0 creates the run dir late
+    _makedirs = os.makedirs
+    os.makedirs = lambda *a, **k: (time.sleep(1.0), _makedirs(*a, **k))[1]
 
 def main(cfg):
     with open(os.path.join(cfg.paths.output_dir, "seen.json"), "a") as f:
@@ -246,7 +250,7 @@ def test_torchrun_ranks_share_one_run_directory(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", SLOW_RANK0_MKDIR="1")  # rank 1 must wait for the directory
     res = run_noop(tmp_path, f"paths.log_dir={tmp_path}", launcher=(torchrun, "--standalone", "--nproc_per_node=2"),
                    env=env)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -188,6 +188,7 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
     if distributed.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
         _write_run_files(output_dir, tree)
+    distributed.barrier()  # the other ranks may write into the run directory only once it exists
     _setup_logging(_log_file(cfg, output_dir, job_name), _log_level(tree))
     log.info("output directory: %s", output_dir)
     if tree["hydra"]["overrides"]["task"]:
