@@ -2,7 +2,7 @@
 
     rt = engine.setup(cfg, "main_x.py")                      # processes, device, precision
     data = datasets.build_data(cfg.data, splits, seed=cfg.seed, world_size=rt.world_size, rank=rt.rank)
-    objective = engine.build_objective(cfg.model, data.info, rt)
+    objective = engine.build_objective(cfg, data.info, rt)
     result = engine.fit(cfg, rt, objective, data)            # every epoch, checkpoints, resume
     test = engine.evaluate(objective, data.loaders["test"], rt)
 
@@ -32,13 +32,15 @@ import torch.distributed as dist
 
 from util import distributed
 from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpoint
-from util.config import Config, instantiate, to_yaml
-from util.device import Precision, make_scaler, resolve_device, resolve_precision
+from util.cli import EXTRAS_SCHEMA
+from util.config import Config, instantiate, locate, parse_override, to_yaml
+from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision
 from util.errors import ConfigError, NonFiniteLossError, Preempted
 from util.lr_sched import absolute_lr, lr_at, set_lr
 from util.preemption import PreemptionWatcher
 from util.profiler import Profiler
-from util.run_logger import RunLogger
+from util.run_logger import LOGGER_SCHEMA, RunLogger
+from util.schema import AnyOf, Bool, Choice, Float, Int, List, Problem, SchemaError, Section, Str, check
 from util.seeding import derive_seed, rng_state
 from util.train_state import TrainState
 
@@ -56,6 +58,76 @@ class Interrupted(Exception):
     def __init__(self, batch: int) -> None:
         super().__init__(f"stopped after batch {batch}")
         self.batch = batch
+
+
+# ----------------------------------------------------------------------------------------
+# The config a run reads, checked before it does any work
+# ----------------------------------------------------------------------------------------
+
+_LIMIT = AnyOf(Int(min=0), Float(0, 1), nullable=True)
+TRAINER_SCHEMA = {
+    "min_epochs": Int(min=0), "max_epochs": Int(min=1), "accelerator": Choice("auto", "cpu", "gpu", "cuda"),
+    "devices": Int(min=1), "num_nodes": Int(min=1), "precision": Choice(*PRECISIONS),
+    "check_val_every_n_epoch": Int(min=1), "log_every_n_steps": Int(min=1), "deterministic": Bool(),
+    "gradient_clip_val": Float(min=0, min_open=True, nullable=True), "accumulate_grad_batches": Int(min=1),
+    "fast_dev_run": AnyOf(Bool(), Int(min=1)), "limit_train_batches": _LIMIT, "limit_val_batches": _LIMIT,
+    "limit_test_batches": _LIMIT, "overfit_batches": Int(min=0), "detect_anomaly": Bool(),
+    "profiler": Choice("simple", "pytorch", nullable=True), "max_nonfinite_steps": Int(min=1),
+    "enable_progress_bar": Bool(),
+}
+_MODE = Choice("min", "max")
+CALLBACKS_SCHEMA = {
+    "model_checkpoint": Section({
+        "dirpath": Str(), "filename": Str(), "monitor": Str(nullable=True), "mode": _MODE, "save_last": Bool(),
+        "save_top_k": Int(min=-1), "every_n_epochs": Int(min=1), "verbose": Bool()}, required=False, nullable=True),
+    "early_stopping": Section({
+        "monitor": Str(), "min_delta": Float(min=0), "patience": Int(min=1), "mode": _MODE, "strict": Bool(),
+        "check_finite": Bool(), "stopping_threshold": Float(nullable=True),
+        "divergence_threshold": Float(nullable=True), "verbose": Bool()}, required=False, nullable=True),
+}
+PATHS_SCHEMA = {k: Str() for k in ("root_dir", "data_dir", "log_dir", "output_dir", "work_dir", "weights_dir")}
+# the top-level keys every training main reads; a main adds its own (e.g. eval_only)
+RUN_SCHEMA = {
+    "task_name": Str(), "tags": List(Str()), "seed": Int(min=0, nullable=True), "ckpt_path": Str(nullable=True),
+    "resume": Choice("auto", nullable=True), "optimized_metric": Str(nullable=True),
+    "trainer": Section(TRAINER_SCHEMA), "callbacks": Section(CALLBACKS_SCHEMA, nullable=True),
+    "logger": Section(LOGGER_SCHEMA, nullable=True), "extras": Section(EXTRAS_SCHEMA, nullable=True),
+    "paths": Section(PATHS_SCHEMA, closed=False),
+}
+
+
+def check_config(cfg: Config, main_schema: Optional[dict] = None) -> None:
+    """Check every value the run will read (types, ranges, choices, missing and unknown keys) before
+    any work; all problems in one ``SchemaError``. Data and model rules come from the data kind
+    (``datasets.config_schema``) and the objective (``config_schema``) the config names."""
+    import datasets
+
+    problems = check(cfg, {**RUN_SCHEMA, **(main_schema or {})}, "", closed=False)
+    data, model = cfg.get("data"), cfg.get("model")
+    if isinstance(data, dict):
+        schema, closed = datasets.config_schema(data)
+        problems += check(data, schema, "data", closed=closed)
+    if isinstance(model, dict):
+        schema = _objective_schema(model, problems)
+        if schema is not None:
+            problems += check(model, schema, "model", closed=True)
+    if problems:
+        raise SchemaError(problems)
+
+
+def _objective_schema(model_cfg: Config, problems: list) -> Optional[dict]:
+    target = model_cfg.get("_target_")
+    if not isinstance(target, str):
+        problems.append(Problem("model._target_", target, "must name the objective, e.g. "
+                                "models.objectives.MAEPretraining"))
+        return None
+    try:
+        cls = locate(target)
+    except ConfigError as e:
+        problems.append(Problem("model._target_", target, str(e)))
+        return None
+    schema = getattr(cls, "config_schema", None)
+    return schema(model_cfg) if schema is not None else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,8 +165,19 @@ def setup(cfg: Config, script: str) -> Runtime:
     return Runtime(device, precision, world_size, rank)
 
 
-def build_objective(model_cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module:
-    """The objective ``model_cfg`` names (its ``_target_``), built for ``data_info``, on the device."""
+def _command_line_keys(cfg: Config, group: str) -> set[str]:
+    """The keys under ``group`` that the command line set (``model.pretrained_weights=...`` -> ``pretrained_weights``)."""
+    keys = set()
+    for line in cfg.select("hydra.overrides.task", None) or []:
+        key = parse_override(line).key
+        if key.startswith(group + "."):
+            keys.add(key[len(group) + 1:])
+    return keys
+
+
+def build_objective(cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module:
+    """The objective ``cfg.model`` names (its ``_target_``), built for ``data_info``, on the device."""
+    model_cfg = cfg.model
     if "_target_" not in model_cfg:
         raise ConfigError("the model config has no _target_: name the objective, e.g. "
                           "_target_: models.objectives.MAEPretraining")
@@ -104,6 +187,7 @@ def build_objective(model_cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.
         raise ConfigError(f"the model config does not build: {e}") from None
     if not isinstance(objective, torch.nn.Module) or not hasattr(objective, "param_groups"):
         raise ConfigError(f"model._target_ {model_cfg['_target_']} is not an objective (models/objectives.py)")
+    objective.command_line_keys = frozenset(_command_line_keys(cfg, "model"))
     n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     log.info("%s %s: %.2fM trainable parameters; device %s, precision %s", type(objective).__name__,
              model_cfg.get("size", ""), n_params / 1e6, rt.device, rt.precision.name)

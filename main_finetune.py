@@ -24,6 +24,7 @@ from util.config import Config
 from util.errors import ConfigError
 from util.metrics import numeric
 from util.run_logger import write_json
+from util.schema import Bool, Int
 from util.train_state import model_state
 
 log = logging.getLogger("main_finetune")
@@ -71,9 +72,10 @@ def main(cfg: Config) -> dict:
     """Fine-tune (or, with ``eval_only``, evaluate) the classifier described by ``cfg``; returns val/test metrics."""
     if cfg.model is None or cfg.data is None:
         raise ConfigError("no model/data selected: choose an experiment, e.g. experiment=fine_tuning/ecg_demo")
+    engine.check_config(cfg, {"eval_only": Bool(), "bootstrap": Int(min=0)})
     rt = engine.setup(cfg, "main_finetune.py")
     data = build_data(cfg.data, ("train", "val", "test"), seed=cfg.seed, world_size=rt.world_size, rank=rt.rank)
-    objective = engine.build_objective(cfg.model, data.info, rt)
+    objective = engine.build_objective(cfg, data.info, rt)
     output_dir = cfg.paths.output_dir
     if cfg.eval_only:
         if not cfg.ckpt_path:

@@ -24,6 +24,7 @@ from util.cli import run_cli
 from util.config import Config
 from util.errors import ConfigError
 from util.run_logger import write_json
+from util.schema import Str
 from util.train_state import model_state
 
 log = logging.getLogger("main_pretrain")
@@ -50,9 +51,10 @@ def main(cfg: Config) -> dict:
     if cfg.model is None or cfg.data is None:
         raise ConfigError("no model/data selected: choose an experiment, e.g. "
                           "experiment=pre_training/ecg_demo (the default)")
+    engine.check_config(cfg, {"export_encoder": Str(nullable=True)})
     rt = engine.setup(cfg, "main_pretrain.py")
     data = build_data(cfg.data, ("train", "val"), seed=cfg.seed, world_size=rt.world_size, rank=rt.rank)
-    objective = engine.build_objective(cfg.model, data.info, rt)
+    objective = engine.build_objective(cfg, data.info, rt)
     result = engine.fit(cfg, rt, objective, data)
 
     final = {k: v for k, v in result.history.items() if engine.is_finite_number(v)}

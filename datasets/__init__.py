@@ -17,12 +17,31 @@ from typing import Mapping, Sequence
 
 from util.errors import ConfigError
 
-__all__ = ["KINDS", "build_data"]
+__all__ = ["KINDS", "build_data", "config_schema"]
 
 # data.kind -> its source class (a dotted path, imported on use so `import datasets.store` stays light)
 KINDS = {"ecg": "datasets.ecg.ECGSource"}
 
 log = logging.getLogger(__name__)
+
+
+def _source_class(kind: str):
+    source_cls = KINDS[kind]
+    if isinstance(source_cls, str):
+        module, _, name = source_cls.rpartition(".")
+        source_cls = getattr(importlib.import_module(module), name)
+    return source_cls
+
+
+def config_schema(data_cfg: Mapping) -> tuple[dict, bool]:
+    """``(rules, closed)`` of a data config: the loader keys and those of its kind's ``SCHEMA``
+    (``kind`` itself is checked against ``KINDS``); ``closed`` is False for a kind without one."""
+    from datasets.loading import LOADER_SCHEMA
+    from util.schema import Choice
+
+    kind = data_cfg.get("kind")
+    extra = getattr(_source_class(kind), "SCHEMA", None) if kind in KINDS else {}
+    return {**LOADER_SCHEMA, "kind": Choice(*KINDS), **(extra or {})}, extra is not None
 
 
 def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_size: int = 1, rank: int = 0):
@@ -32,11 +51,7 @@ def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_siz
         raise ConfigError(f"data.kind '{kind}' is not a data kind; known: {', '.join(KINDS)}")
     from datasets.loading import Data, build_loaders
 
-    source_cls = KINDS[kind]
-    if isinstance(source_cls, str):
-        module, _, name = source_cls.rpartition(".")
-        source_cls = getattr(importlib.import_module(module), name)
-    source = source_cls(data_cfg, seed)
+    source = _source_class(kind)(data_cfg, seed)
     loaders, records = build_loaders(source, data_cfg, splits, seed=seed, world_size=world_size, rank=rank)
     for name, loader in loaders.items():
         log.debug("%s loader: %d records of split '%s', %d batches of %d per rank", name, len(records[name]),

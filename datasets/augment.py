@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from util.errors import ConfigError
+from util.schema import Bool, Choice, Float, validate_args
 
 __all__ = [
     "JITTER_AMPLITUDE",
@@ -194,41 +195,29 @@ def sign_flip(x: torch.Tensor) -> torch.Tensor:
 # Composed transforms
 # --------------------------------------------------------------------------------------------
 
-def _check_params(
-    ft_surr_phase_noise: Any,
-    ft_surr_p: Any,
-    jitter_sigma: Any,
-    jitter_mode: Any,
-    rescaling_sigma: Any,
-    time_flip_p: Any,
-    sign_flip_p: Any,
-) -> None:
-    """Raise ValueError naming the first bad parameter."""
-    def number(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+# the rules of the augmentation parameters (the constructors' and the data config's)
+AUGMENT_PARAMS = {
+    "ft_surr_phase_noise": Float(0, 1),  # a fraction of 2*pi
+    "ft_surr_p": Float(0, 1),
+    "jitter_sigma": Float(min=0),
+    "jitter_mode": Choice(*JITTER_MODES),
+    "rescaling_sigma": Float(min=0),
+    "time_flip_p": Float(0, 1),
+    "sign_flip_p": Float(0, 1),
+}
 
-    for name, value in (("ft_surr_phase_noise", ft_surr_phase_noise), ("jitter_sigma", jitter_sigma),
-                        ("rescaling_sigma", rescaling_sigma)):
-        number(name, value)
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0 (0 disables the op), got {value!r}")
-    if ft_surr_phase_noise > 1:
-        raise ValueError(f"ft_surr_phase_noise is a fraction of 2*pi and must be in [0, 1], "
-                         f"got {ft_surr_phase_noise!r}")
-    for name, value in (("ft_surr_p", ft_surr_p), ("time_flip_p", time_flip_p), ("sign_flip_p", sign_flip_p)):
-        number(name, value)
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name} is a probability and must be in [0, 1], got {value!r}")
-    if jitter_mode not in JITTER_MODES:
-        raise ValueError(f"jitter_mode must be one of {', '.join(JITTER_MODES)}, got {jitter_mode!r}")
+
+def _check_params(**params: Any) -> None:
+    """Raise ValueError naming the first bad parameter."""
+    validate_args(AUGMENT_PARAMS, **params)
 
 
 def _store_params(obj, ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
                   time_flip_p, sign_flip_p) -> None:
     """Validate the augmentation parameters and set them on ``obj`` (shared by both transforms)."""
-    _check_params(ft_surr_phase_noise, ft_surr_p, jitter_sigma, jitter_mode, rescaling_sigma,
-                  time_flip_p, sign_flip_p)
+    _check_params(ft_surr_phase_noise=ft_surr_phase_noise, ft_surr_p=ft_surr_p, jitter_sigma=jitter_sigma,
+                  jitter_mode=jitter_mode, rescaling_sigma=rescaling_sigma, time_flip_p=time_flip_p,
+                  sign_flip_p=sign_flip_p)
     obj.ft_surr_phase_noise = float(ft_surr_phase_noise)
     obj.ft_surr_p = float(ft_surr_p)
     obj.jitter_sigma = float(jitter_sigma)
@@ -435,9 +424,9 @@ class BatchECGTransform(nn.Module):
 # From the data config
 # --------------------------------------------------------------------------------------------
 
-# the data-config keys build_ecg_transforms reads (configs/data/ecg.yaml defines them)
-CONFIG_KEYS = ("augment", "augment_device", "ft_surr_phase_noise", "ft_surr_p", "jitter_sigma", "jitter_mode",
-               "rescaling_sigma", "time_flip_p", "sign_flip_p")
+# the data-config keys build_ecg_transforms reads (configs/data/ecg.yaml defines them) and their rules
+CONFIG_SCHEMA = {"augment": Bool(), "augment_device": Choice(*AUGMENT_DEVICES), **AUGMENT_PARAMS}
+CONFIG_KEYS = tuple(CONFIG_SCHEMA)
 
 
 def build_ecg_transforms(

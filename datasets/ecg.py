@@ -24,9 +24,11 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from datasets.augment import CONFIG_SCHEMA as AUGMENT_SCHEMA
 from datasets.augment import build_ecg_transforms
 from datasets.loading import DataInfo, InputSpec, KeyedDataset
 from datasets.store import Store, StoreError, open_store
+from util.schema import AnyOf, Float, Int, List, Str
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 FIELD = "ecg"
@@ -118,6 +120,12 @@ class ECGSource:
 
     Reads ``data.`` build_demo, data_root, dataset_key, expected_leads, expected_sampling_rate,
     time_steps, input_electrodes and the augmentation keys of ``configs/data/ecg.yaml``."""
+
+    SCHEMA = {  # the ECG keys of a data config, besides datasets.loading.LOADER_SCHEMA
+        "time_steps": Int(min=1), "input_electrodes": List(AnyOf(Str(), Int(min=0)), min_length=1, nullable=True),
+        "expected_sampling_rate": Float(min=0, min_open=True, nullable=True),
+        "expected_leads": List(Str(), min_length=1, nullable=True), **AUGMENT_SCHEMA,
+    }
 
     def __init__(self, data_cfg: Mapping, seed: int) -> None:
         if data_cfg["build_demo"]:

@@ -26,10 +26,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from util.errors import StoreError
+from util.schema import Bool, Float, Int, Str
 from util.seeding import derive_seed
 
 __all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "EpochIndexSampler", "resolve_split", "train_subset",
            "split_records", "make_loader", "build_loaders"]
+
+
+# the loader keys of configs/data/default.yaml, shared by every data kind
+LOADER_SCHEMA = {
+    "kind": Str(), "data_root": Str(), "dataset_key": Str(), "build_demo": Bool(), "batch_size": Int(min=1),
+    "num_workers": Int(min=0), "pin_memory": Bool(), "persistent_workers": Bool(), "drop_last": Bool(),
+    "use_train_subsample": Bool(), "fold": Int(min=1, nullable=True),
+    "train_fraction": Float(0, 1, min_open=True), "subset_seed": Int(min=0),
+}
 
 
 @dataclass

@@ -61,24 +61,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.losses import TASK_TYPES
-from models.vit import SignalViT, random_masking
+from models.vit import VIT_PARAMS, SignalViT, random_masking
+from util.schema import Bool, Choice, Float, Int, validate_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ECGClassifier", "POOLINGS", "blockwise_masking", "random_token_masking", "mixup"]
+__all__ = ["ECGClassifier", "CLASSIFIER_PARAMS", "POOLINGS", "blockwise_masking", "random_token_masking", "mixup"]
 
 POOLINGS = ("cls", "avg", "attention_pool")
 BN_EPS = 1e-6
+RATIO = Float(0, 1, max_open=True)
+CLASSIFIER_PARAMS = {
+    **VIT_PARAMS, "num_classes": Int(min=1), "global_pool": Choice(*POOLINGS), "mask_ratio": RATIO,
+    "mask_c_ratio": RATIO, "mask_t_ratio": RATIO, "linear_probe": Bool(),
+}
 
 
 # ---- masking ---------------------------------------------------------------------------------------
-def _check_ratio(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
-
-
 def _keep_count(n: int, ratio: float) -> int:
     """Entries kept out of ``n`` at ``ratio`` (the reference's ``int(n * (1 - ratio))``)."""
     return int(n * (1 - ratio))
@@ -177,12 +176,9 @@ class ECGClassifier(SignalViT):
         learnable_pos_embed: bool = True,
         qkv_bias: bool = True,
     ) -> None:
-        if global_pool not in POOLINGS:
-            raise ValueError(f"global_pool must be one of {POOLINGS}, got {global_pool!r}")
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0.0 <= float(drop_path_rate) < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        validate_args(CLASSIFIER_PARAMS, global_pool=global_pool, num_classes=num_classes,
+                      drop_path_rate=drop_path_rate, mask_ratio=mask_ratio, mask_c_ratio=mask_c_ratio,
+                      mask_t_ratio=mask_t_ratio, linear_probe=linear_probe)
         self.linear_probe = bool(linear_probe)  # set first: train() reads it
         super().__init__(
             input_size=input_size,
@@ -198,9 +194,7 @@ class ECGClassifier(SignalViT):
             num_classes=num_classes,
             learnable_pos_embed=learnable_pos_embed,
         )
-        self.mask_ratio = _check_ratio("mask_ratio", mask_ratio)
-        self.mask_c_ratio = _check_ratio("mask_c_ratio", mask_c_ratio)
-        self.mask_t_ratio = _check_ratio("mask_t_ratio", mask_t_ratio)
+        self.mask_ratio, self.mask_c_ratio, self.mask_t_ratio = float(mask_ratio), float(mask_c_ratio), float(mask_t_ratio)
         rows, cols = self.patch_embed.grid_size
         kept = _keep_count(rows, self.mask_c_ratio) * _keep_count(cols, self.mask_t_ratio)
         if kept == 0 or _keep_count(kept, self.mask_ratio) == 0:

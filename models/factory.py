@@ -18,17 +18,29 @@ from typing import Any
 
 import torch.nn as nn
 
-from models.classifier import ECGClassifier
-from models.mae import SignalMAE
-from models.vit import VIT_SIZES, SignalViT
+from models.classifier import CLASSIFIER_PARAMS, ECGClassifier
+from models.mae import MAE_PARAMS, SignalMAE
+from models.vit import VIT_PARAMS, VIT_SIZES, SignalViT
+from util.schema import Choice, Spec, optional
 
-__all__ = ["NETWORKS", "SIZE_TABLES", "build_network"]
+__all__ = ["NETWORKS", "SIZE_TABLES", "build_network", "network_schema"]
 
 NETWORKS: dict[str, dict[str, type]] = {
     "signal_vit": {"encoder": SignalViT, "mae": SignalMAE, "classifier": ECGClassifier},
 }
 SIZE_TABLES: dict[str, dict[str, dict[str, int]]] = {"signal_vit": VIT_SIZES}
+PARAMS: dict[type, dict[str, Spec]] = {SignalViT: VIT_PARAMS, SignalMAE: MAE_PARAMS, ECGClassifier: CLASSIFIER_PARAMS}
 _TUPLES = ("input_size", "patch_size")
+_FROM_DATA = ("input_size", "in_chans")  # set by the objective from the data's sample shape
+
+
+def network_schema(arch: str, role: str) -> dict[str, Spec]:
+    """The rules of the model-config keys that reach ``build_network(arch, role, ...)``: ``size`` and
+    the network's arguments (all optional: the size preset and the constructor fill what is absent)."""
+    if arch not in NETWORKS or role not in NETWORKS[arch]:
+        return {}
+    params = {k: v for k, v in PARAMS[NETWORKS[arch][role]].items() if k not in _FROM_DATA}
+    return optional({"size": Choice(*SIZE_TABLES[arch]), **params})
 
 
 def build_network(arch: str, role: str, size: str = "tiny", **kwargs: Any) -> nn.Module:

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from util.schema import Choice, Float, validate_args
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
 
 LOSS_ON = ("masked", "all")
 TASK_TYPES = ("multiclass", "multilabel", "binary", "regression")
+RECONSTRUCTION_PARAMS = {"ncc_weight": Float(0, 1), "loss_on": Choice(*LOSS_ON)}
 
 
 # ---- reconstruction (MAE) ---------------------------------------------------------------------------
@@ -67,10 +70,7 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, *, ncc_weight: float, norm_pix_loss: bool, loss_on: str) -> None:
         super().__init__()
-        if loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
-        if not 0.0 <= ncc_weight <= 1.0:
-            raise ValueError(f"ncc_weight must be in [0, 1], got {ncc_weight}")
+        validate_args(RECONSTRUCTION_PARAMS, ncc_weight=ncc_weight, loss_on=loss_on)
         self.ncc_weight = float(ncc_weight)
         self.norm_pix_loss = bool(norm_pix_loss)
         self.loss_on = loss_on

@@ -27,11 +27,19 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models.losses import ReconstructionLoss
+from models.losses import RECONSTRUCTION_PARAMS, ReconstructionLoss
 from models.pos_embed import sincos_pos_embed_2d
-from models.vit import LN_EPS, Block, PatchEmbed, init_vit_weights, random_masking
+from models.vit import LN_EPS, VIT_PARAMS, Block, PatchEmbed, init_vit_weights, random_masking
+from util.schema import Bool, Float, Int, validate_args
 
-__all__ = ["SignalMAE", "patchify", "unpatchify"]
+MAE_PARAMS = {
+    **{k: VIT_PARAMS[k] for k in ("input_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                                  "mlp_ratio")},
+    "decoder_embed_dim": Int(min=1), "decoder_depth": Int(min=0), "decoder_num_heads": Int(min=1),
+    "mask_ratio": Float(0, 1, max_open=True), "norm_pix_loss": Bool(), **RECONSTRUCTION_PARAMS,
+}
+
+__all__ = ["SignalMAE", "MAE_PARAMS", "patchify", "unpatchify"]
 
 
 def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -83,8 +91,10 @@ class SignalMAE(nn.Module):
         loss_on: str = "masked",
     ) -> None:
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        validate_args(MAE_PARAMS, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+                      num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                      decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, mask_ratio=mask_ratio,
+                      norm_pix_loss=norm_pix_loss)
         self.mask_ratio = float(mask_ratio)
         self.loss_fn = ReconstructionLoss(ncc_weight=ncc_weight, norm_pix_loss=norm_pix_loss, loss_on=loss_on)
 

@@ -19,6 +19,10 @@ The contract the engine and the mains rely on (``Objective`` gives a default for
                                              (TensorBoard ``val/<name>``, ``figures/<name>_epochNNN.png``)
     exports() -> {file name: payload}        what a pretraining run writes next to its checkpoints
     headline_metrics                         metric names of the epoch log line (None: all of them)
+    config_schema(model_cfg) -> {key: Spec}  the rules of its model-config keys, checked before a run
+                                             does any work (``util.schema``; None: unchecked)
+    command_line_keys                        the model keys the user set on the command line (the engine
+                                             sets it), e.g. so an explicitly given file must exist
 
 A model config names its objective with ``_target_`` and is instantiated with one extra keyword,
 ``data``: the data side's description of the batches (``datasets.loading.DataInfo``: input fields
@@ -31,6 +35,7 @@ run keys it reads; every other key of the model config goes to the network build
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any, Mapping, Optional
@@ -40,11 +45,12 @@ import torch
 import torch.nn as nn
 
 from models.classifier import mixup
-from models.factory import build_network
-from models.losses import ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
+from models.factory import NETWORKS, build_network, network_schema
+from models.losses import TASK_TYPES, ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
 from util.errors import ConfigError
 from util.lr_decay import param_groups_lrd
 from util.metrics import MAIN_METRICS, bootstrap_ci, compute_metrics
+from util.schema import AnyOf, Anything, Bool, Choice, Float, List, Section, Spec, Str
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +66,38 @@ def single_input(data: Any) -> tuple[str, Any]:
     return next(iter(data.inputs.items()))
 
 
+# the optim block of every model config (read by engine.fit and param_groups)
+OPTIM_SCHEMA = {
+    "blr": Float(min=0, min_open=True), "lr": Float(min=0, min_open=True, nullable=True),
+    "lr_batch_divisor": Float(min=0, min_open=True), "min_lr": Float(min=0), "weight_decay": Float(min=0),
+    "layer_decay": Float(0, 1, min_open=True), "betas": List(Float(0, 1, max_open=True), length=2),
+    "warmup_epochs": Float(min=0), "epochs": Float(min=0, min_open=True, nullable=True),
+}
+
+
 class Objective(nn.Module):
     """Base class: the hooks of the contract above, with defaults; subclasses own ``net`` (or
     several networks, overriding ``param_groups``) and implement ``forward``."""
 
     headline_metrics: Optional[tuple[str, ...]] = None
+    command_line_keys: frozenset = frozenset()
 
     def __init__(self, optim: Mapping[str, Any]) -> None:
         super().__init__()
         self.optim = optim
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> Optional[dict[str, Spec]]:
+        """The rules of the model-config keys: ``_target_``, ``optim``, and by default the constructor's
+        other arguments (any value; required when they have no default). Objectives whose arguments
+        have rules override this; None leaves the model config unchecked."""
+        schema: dict[str, Spec] = {"_target_": Str(), "optim": Section(OPTIM_SCHEMA)}
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                return None  # keys passed on unread: nothing to check them against
+            if name not in ("self", "data", "optim"):
+                schema[name] = Anything(required=param.default is param.empty)
+        return schema
 
     def param_groups(self) -> list[dict]:
         """AdamW groups over ``self.net``: weight decay, and layer-wise LR decay by its layer ids."""
@@ -103,6 +132,11 @@ class MAEPretraining(Objective):
     Each sample's mask is a function of its ``key`` (its dataset seed, epoch and index), so a sample is
     masked alike on any rank and in any batch; the loss terms ``loss_mse``, ``loss_ncc``, ``ncc`` are
     logged. ``exports()`` gives the encoder as ``{'model': state_dict}``, the released MMCL layout."""
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
+        return {**Objective.config_schema(model_cfg), "arch": Choice(*NETWORKS),
+                **network_schema(model_cfg.get("arch"), "mae")}
 
     def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, **network: Any) -> None:
         super().__init__(optim)
@@ -155,9 +189,26 @@ class Classification(Objective):
 
     ``task_type`` must match the dataset's; ``num_classes`` null means the dataset's label count.
     ``loss``: ``label_smoothing``, ``class_weights`` (null | balanced | list), ``pos_weight`` (from the
-    training labels), ``mixup_alpha``. ``pretrained_weights`` initialises the encoder of a fresh run
-    (``pretrained_optional``: a missing file means training from scratch). Evaluation gathers the
-    logits and labels of the whole split; the loss and metrics are computed once from them."""
+    training labels), ``mixup_alpha``. ``pretrained_weights`` initialises the encoder (with
+    ``pretrained_optional`` the config's own default file may be missing, meaning from scratch; a file
+    given on the command line must exist). Evaluation gathers the logits and labels of the whole
+    split; the loss and metrics are computed once from them."""
+
+    LOSS_SCHEMA = {
+        "label_smoothing": Float(0, 1, max_open=True),
+        "class_weights": AnyOf(Choice("balanced"), List(Float(min=0), min_length=1), nullable=True),
+        "pos_weight": Bool(), "mixup_alpha": Float(min=0),
+    }
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
+        network = network_schema(model_cfg.get("arch"), "classifier")
+        if "num_classes" in network:
+            network["num_classes"].nullable = True  # null: the dataset's label count
+        return {**Objective.config_schema(model_cfg), "arch": Choice(*NETWORKS), "task_type": Choice(*TASK_TYPES),
+                "loss": Section(cls.LOSS_SCHEMA), "pretrained_weights": Str(nullable=True),
+                "pretrained_optional": Bool(), "allow_pickle_weights": Bool(),
+                "tolerated_missing_fraction": Float(0, 1), **network}
 
     def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, task_type: str, loss: Mapping[str, Any],
                  pretrained_weights: Optional[str], pretrained_optional: bool, allow_pickle_weights: bool,
@@ -223,7 +274,7 @@ class Classification(Objective):
             log.info("model.pretrained_weights is null: training from scratch")
             return None
         if not os.path.isfile(path):
-            if self.pretrained["optional"]:
+            if self.pretrained["optional"] and "pretrained_weights" not in self.command_line_keys:
                 log.warning("no pretrained encoder at %s: training from scratch (python main_pretrain.py writes "
                             "the demo encoder there)", path)
                 return None

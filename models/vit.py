@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from util.lr_decay import layer_id_for_vit
+from util.schema import Bool, Choice, Float, Int, List, validate_args
 
 __all__ = [
     "PatchEmbed",
@@ -43,6 +44,7 @@ __all__ = [
     "sincos_pos_embed_2d",
     "resize_pos_embed",
     "VIT_SIZES",
+    "VIT_PARAMS",
 ]
 
 LN_EPS = 1e-6
@@ -269,6 +271,15 @@ def init_vit_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.in_proj_bias)
 
 
+# the rules of the constructor arguments (also the model config's, via models.factory)
+VIT_PARAMS = {
+    "input_size": List(Int(min=1), length=2), "patch_size": List(Int(min=1), length=2), "in_chans": Int(min=1),
+    "embed_dim": Int(min=1), "depth": Int(min=0), "num_heads": Int(min=1), "mlp_ratio": Float(min=0, min_open=True),
+    "qkv_bias": Bool(), "drop_path_rate": Float(0, 1, max_open=True),
+    "global_pool": Choice(*GLOBAL_POOLS[1:], nullable=True), "num_classes": Int(min=0), "learnable_pos_embed": Bool(),
+}
+
+
 class SignalViT(nn.Module):
     """ViT encoder / classifier for ``(B, 1, leads, T)`` signals.
 
@@ -295,8 +306,9 @@ class SignalViT(nn.Module):
         learnable_pos_embed: bool = True,
     ) -> None:
         super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        validate_args(VIT_PARAMS, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+                      num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
+                      global_pool=global_pool, num_classes=num_classes)
         if num_classes > 0 and global_pool is None:
             raise ValueError(
                 "a classification head (num_classes > 0) needs global_pool 'cls', 'avg' or 'attention_pool'"

@@ -75,12 +75,22 @@ def test_training_starts_from_a_pretrained_mae_encoder(data_dir, tmp_path, capsy
                     f"model.pretrained_weights={tmp_path}/encoder.pth") == 0
     result = json.load(open(tmp_path / "ft" / "metrics.json"))
     assert result["pretrained_weights"] == f"{tmp_path}/encoder.pth"
-    # a missing required file is refused; an optional one trains from scratch with a warning
+    # a missing required file is refused
     assert finetune(data_dir, tmp_path / "x", "multiclass", f"model.pretrained_weights={tmp_path}/nope.pth",
                     "model.pretrained_optional=false") == 2
     assert "does not exist" in capsys.readouterr().err
+    # a file given on the command line must exist even when pretrained_optional (a typo must not train from scratch)
     assert finetune(data_dir, tmp_path / "y", "multiclass", "trainer.max_epochs=1",
-                    f"model.pretrained_weights={tmp_path}/nope.pth", "model.pretrained_optional=true") == 0
+                    f"model.pretrained_weights={tmp_path}/nope.pth", "model.pretrained_optional=true") == 2
+    assert "does not exist" in capsys.readouterr().err
+    # only the config's own default may be missing (the demo's encoder before the demo pretraining ran)
+    argv = [f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/z/logs", f"hydra.run.dir={tmp_path}/z",
+            "modality.dataset_key=tiny_multiclass", "modality.task_type=multiclass", "modality.num_classes=3",
+            "modality.sampling_rate=100", "~modality.build_demo", "trainer.max_epochs=1",
+            *[o for o in TINY if not o.startswith("model.pretrained_weights=")]]
+    assert cli.run_cli(main_finetune.main, "finetune", argv=argv, prog="main_finetune.py") == 0
+    assert "no pretrained encoder at" in capsys.readouterr().err
+    assert json.load(open(tmp_path / "z" / "metrics.json"))["pretrained_weights"] is None
 
 
 def test_label_fraction_trains_on_a_fixed_subset(data_dir, tmp_path):

@@ -25,9 +25,10 @@ import traceback
 from typing import Any, Callable, Optional
 
 from util import distributed
-from util.config import Config, compose, defaults_list, expand_sweeps, resolve, to_yaml
+from util.config import Config, compose, defaults_list, expand_sweeps, resolve, to_yaml, value_source
 from util.errors import ConfigError, Preempted
 from util.preemption import EXIT_PREEMPTED
+from util.schema import Bool, SchemaError
 from util.seeding import seed_everything
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,6 +162,10 @@ def _log_level(tree: dict) -> str:
         return "INFO"
 
 
+# the extras group (applied here, for every entry point)
+EXTRAS_SCHEMA = {"ignore_warnings": Bool(), "enforce_tags": Bool(), "print_config": Bool()}
+
+
 def apply_extras(cfg: Config) -> None:
     """The ``extras`` group: silence warnings, insist on tags, print the config."""
     extras = cfg.get("extras") or {}
@@ -195,7 +200,11 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
         log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
     apply_extras(cfg)
     seed_everything(cfg.get("seed"))
-    metrics = dict(main(cfg) or {})
+    try:
+        metrics = dict(main(cfg) or {})
+    except SchemaError as e:  # say where each bad value was set: a config file or an override
+        raise e.with_sources(lambda key: value_source(config_dir, name, overrides, key, mode=mode,
+                                                      job_num=job_num)) from None
     # optional key: a standalone config tree need not define it
     objective = optimized_value(metrics, cfg.get("optimized_metric"))
     return metrics, output_dir, objective

@@ -38,11 +38,13 @@ __all__ = [
     "ConfigError",
     "MissingKeyError",
     "config_path",
+    "value_source",
     "compose",
     "defaults_list",
     "expand_sweeps",
     "instantiate",
     "load_yaml",
+    "locate",
     "parse_override",
     "to_yaml",
 ]
@@ -122,6 +124,14 @@ def _rebuild_config(items: dict, path: str) -> Config:
 def config_path(node: Any) -> str:
     """The dotted path of a ``Config`` node from the root (``""`` for the root or plain dicts)."""
     return getattr(node, "_node_path", "") if isinstance(node, Config) else ""
+
+
+def _nearest(name: str, names: list, prefix: str = "") -> str:
+    """The names closest to ``name`` (``a``, or ``a, b or c``; empty when none is close)."""
+    import difflib
+
+    close = [prefix + c for c in difflib.get_close_matches(name, names, n=3, cutoff=0.6)]
+    return close[0] if len(close) == 1 else (", ".join(close[:-1]) + " or " + close[-1] if close else "")
 
 
 def _join(path: str, key: Any) -> str:
@@ -278,6 +288,17 @@ class _Repo:
             return []
         return sorted(f[:-5] for f in os.listdir(folder)
                       if f.endswith(".yaml") and os.path.isfile(os.path.join(folder, f)))
+
+    def nested_options(self, group: str) -> list[str]:
+        """The options of ``group`` and of its sub-folders (``pre_training/ecg_demo``), for messages."""
+        folder = os.path.join(self.root, group)
+        found = []
+        for base, dirs, files in os.walk(folder):
+            dirs.sort()
+            rel = os.path.relpath(base, folder)
+            found += [f[:-5] if rel == "." else f"{rel}/{f[:-5]}".replace(os.sep, "/")
+                      for f in sorted(files) if f.endswith(".yaml")]
+        return found
 
     def load(self, config_path: str) -> Optional[_Loaded]:
         if config_path in self._loaded:
@@ -1036,8 +1057,11 @@ class _TreeBuilder:
         if d.is_group:
             group = d.group_path()
             msg = f"Could not find '{d.config_path()}'\n"
-            options = self.repo.group_options(group)
+            options = self.repo.nested_options(group)
             if options:
+                close = _nearest(d.config_path()[len(group) + 1:], options, prefix=f"{group}=")
+                if close:
+                    msg += f"\nDid you mean {close}?\n"
                 msg += f"\nAvailable options in '{group}':\n" + "\n".join("\t" + o for o in options)
             else:
                 msg += f"\nThe group '{group}' has no options in '{self.repo.root}'."
@@ -1310,8 +1334,14 @@ def _apply_value_override(cfg: dict, o: Override, resolve_fn) -> None:
 def _update(cfg: dict, key: str, value: Any, force_add: bool, line: str) -> None:
     parts = _split_key(key)
 
-    def refuse() -> ConfigError:
-        return ConfigError(f"Could not override '{key}'.\nTo append to your config use +{line}")
+    def refuse(siblings: Any = None, part: str = "") -> ConfigError:
+        hint = ""
+        if isinstance(siblings, dict):
+            prefix = ".".join(parts[:parts.index(part)]) if part in parts else ""
+            close = _nearest(part, [str(k) for k in siblings], prefix=prefix + "." if prefix else "")
+            if close:
+                hint = f"\nDid you mean {close}?"
+        return ConfigError(f"Could not override '{key}'.{hint}\nTo append to your config use +{line}")
 
     node: Any = cfg
     for part in parts[:-1]:
@@ -1325,7 +1355,7 @@ def _update(cfg: dict, key: str, value: Any, force_add: bool, line: str) -> None
             continue
         if part not in node:
             if not force_add:
-                raise refuse()
+                raise refuse(node, part)
             node[part] = {}
         elif not isinstance(node[part], (dict, list)):
             node[part] = {}
@@ -1337,7 +1367,7 @@ def _update(cfg: dict, key: str, value: Any, force_add: bool, line: str) -> None
         node[int(last)] = _plain(value)
         return
     if last not in node and not force_add:
-        raise refuse()
+        raise refuse(node, last)
     if isinstance(value, dict) and isinstance(node.get(last), dict):
         if not force_add:
             new = [k for k in _new_keys(node[last], value)]
@@ -1678,7 +1708,8 @@ def _config_name(config_name: str) -> str:
 
 
 def _compose_tree(config_dir: str, config_name: str, overrides: Iterable[str], mode: str,
-                  job_num: Optional[int], job_name: Optional[str], now: _dt.datetime) -> dict:
+                  job_num: Optional[int], job_name: Optional[str], now: _dt.datetime,
+                  sources: Optional[dict] = None) -> dict:
     if mode not in ("RUN", "MULTIRUN"):
         raise ConfigError(f"mode must be 'RUN' or 'MULTIRUN', got '{mode}'")
     repo = _Repo(config_dir)
@@ -1690,10 +1721,13 @@ def _compose_tree(config_dir: str, config_name: str, overrides: Iterable[str], m
     cfg: dict = {"hydra": _hydra_defaults()}
     for item in defaults:
         loaded = repo.load(item["config_path"])
+        embedded = _embed(loaded.body, item["package"])
         try:
-            _merge(cfg, _embed(loaded.body, item["package"]))
+            _merge(cfg, embedded)
         except ConfigError as e:
             raise ConfigError(f"In '{item['config_path']}': {e}") from None
+        if sources is not None:
+            _record_sources(sources, embedded, "", _shown_file(repo.root, item["config_path"]))
 
     for o in choices.config_overrides:
         def current(key: str) -> Any:
@@ -1704,6 +1738,11 @@ def _compose_tree(config_dir: str, config_name: str, overrides: Iterable[str], m
             if str(e).startswith(("Could not", "Override ", "Error merging")):
                 raise
             raise ConfigError(f"Error merging override {o.line}\n{e}") from None
+        if sources is not None:
+            for key in [k for k in sources if k == o.key or k.startswith(o.key + ".")]:
+                del sources[key]
+            if o.kind != "delete":
+                sources[o.key] = f"the override {o.line}"
 
     hydra = cfg.setdefault("hydra", {})
     if not isinstance(hydra, dict):
@@ -1733,6 +1772,57 @@ def _compose_tree(config_dir: str, config_name: str, overrides: Iterable[str], m
     if runtime.get("output_dir") in (None, MISSING):
         runtime["output_dir"] = _output_dir(cfg, mode, job_num, now)
     return cfg
+
+
+def _shown_file(root: str, config_path: str) -> str:
+    """A config file as a user would name it: relative to the working directory when inside it."""
+    path = os.path.join(root, config_path + ".yaml")
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _record_sources(sources: dict, tree: Any, prefix: str, source: str) -> None:
+    """``sources[dotted key] = source`` for every value ``tree`` sets (leaves; a ``???`` sets nothing).
+    A mapping merges into what is there; any other value replaces the keys below it."""
+    for key, value in tree.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            _record_sources(sources, value, full, source)
+        elif not (isinstance(value, str) and value == MISSING):
+            for old in [k for k in sources if k.startswith(full + ".")]:
+                del sources[old]
+            sources[full] = source
+
+
+_WHOLE_INTERPOLATION = re.compile(r"^\$\{([A-Za-z0-9_.\[\]]+)\}$")
+
+
+def value_source(config_dir: str, config_name: str, overrides: Iterable[str], key: str, *,
+                 mode: str = "RUN", job_num: Optional[int] = None) -> Optional[str]:
+    """Where the value of dotted ``key`` was set: the config file or command-line override, and for a
+    value that is a whole interpolation (``${modality.num_classes}``) also where that key is set.
+    None when ``key`` is not in the composed config."""
+    sources: dict = {}
+    try:
+        cfg = _compose_tree(config_dir, config_name, overrides, mode, job_num, None, _dt.datetime.now(), sources)
+    except ConfigError:
+        return None
+
+    def source_of(dotted: str) -> Optional[str]:
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in sources:
+                return sources[".".join(parts[:n])]
+        return None
+
+    where = source_of(key)
+    found, raw = _lookup(cfg, key)
+    match = _WHOLE_INTERPOLATION.match(raw) if found and isinstance(raw, str) else None
+    if where and match and not match.group(1).startswith("."):
+        inner = source_of(match.group(1))
+        if inner:
+            where += f", as ${{{match.group(1)}}}, which {inner} sets"
+    return where
 
 
 def _output_dir(cfg: dict, mode: str, job_num: Optional[int], now: _dt.datetime) -> str:
@@ -1835,6 +1925,11 @@ def expand_sweeps(overrides: Iterable[str], config_dir: Optional[str] = None) ->
 # ----------------------------------------------------------------------------------------
 # instantiate
 # ----------------------------------------------------------------------------------------
+
+def locate(path: str) -> Any:
+    """The object a dotted path names (``models.objectives.MAEPretraining``); ``ConfigError`` if none."""
+    return _locate(path)
+
 
 def _locate(path: str) -> Any:
     parts = path.split(".")

@@ -18,7 +18,7 @@ from util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "Precision", "resolve_precision", "make_scaler"]
+__all__ = ["resolve_device", "PRECISIONS", "Precision", "resolve_precision", "make_scaler"]
 
 
 def resolve_device(accelerator: str = "auto", local_rank: int = 0) -> torch.device:
@@ -36,7 +36,7 @@ def resolve_device(accelerator: str = "auto", local_rank: int = 0) -> torch.devi
     raise ConfigError(f"trainer.accelerator must be auto, cpu or gpu, got '{accelerator}'")
 
 
-_PRECISIONS = {"auto": "auto", "32": "fp32", "32-true": "fp32", "fp32": "fp32",
+PRECISIONS = {"auto": "auto", "32": "fp32", "32-true": "fp32", "fp32": "fp32",
                "16": "fp16", "16-mixed": "fp16", "fp16": "fp16",
                "bf16": "bf16", "bf16-mixed": "bf16"}
 
@@ -65,9 +65,9 @@ def resolve_precision(requested: Any, device: torch.device) -> Precision:
     """``auto``: bf16 on CUDA devices that support it, fp16 (+ GradScaler) on older CUDA devices,
     fp32 on CPU (bf16 matmuls are ~100x slower than fp32 on these CPUs)."""
     key = str(requested).lower()
-    if key not in _PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of {', '.join(_PRECISIONS)}; got '{requested}'")
-    name = _PRECISIONS[key]
+    if key not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got '{requested}'")
+    name = PRECISIONS[key]
     if device.type != "cuda":
         if name == "fp16":
             log.warning("trainer.precision=%s needs a CUDA device; running in fp32 on %s", requested, device)

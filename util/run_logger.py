@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any, Optional
 
+from util.schema import Section, Str
+
 
 def write_json(path: str, payload: dict) -> None:
     """``payload`` as indented JSON (non-JSON values as their ``str``), written atomically."""
@@ -26,6 +28,12 @@ def _number(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return value
+
+
+_WRITER_SCHEMA = {"save_dir": Str(), "name": Str(nullable=True), "prefix": Str(empty=True, nullable=True)}
+# the logger group: each logger optional; a chosen one gives every key
+LOGGER_SCHEMA = {"tensorboard": Section(_WRITER_SCHEMA, required=False, nullable=True),
+                 "csv": Section(_WRITER_SCHEMA, required=False, nullable=True)}
 
 
 class RunLogger:
