@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -35,14 +35,15 @@ from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpo
 from util.cli import EXTRAS_SCHEMA
 from util.config import Config, instantiate, locate, parse_override, to_yaml
 from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision
-from util.errors import ConfigError, NonFiniteLossError, Preempted
+from util.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from util.lr_sched import absolute_lr, lr_at, set_lr
 from util.preemption import PreemptionWatcher
+from datasets.loading import shutdown_workers
 from util.profiler import Profiler
 from util.run_logger import LOGGER_SCHEMA, RunLogger
 from util.schema import AnyOf, Bool, Choice, Float, Int, List, Problem, SchemaError, Section, Str, check
 from util.seeding import derive_seed, rng_state
-from util.train_state import TrainState
+from util.train_state import TrainState, check_checkpoint_kind, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -381,26 +382,30 @@ def is_finite_number(value: Any) -> bool:
 @dataclass
 class Loop:
     """What every epoch shares: the (DDP-wrapped) objective, settings, runtime, on-device
-    transforms by field, the run logger, and the preemption check."""
+    transforms by field, the run logger, and the preemption watcher."""
     model: torch.nn.Module
     settings: LoopSettings
     rt: Runtime
     transforms: dict = field(default_factory=dict)
     run_logger: Any = None
-    should_stop: Optional[Callable[[], bool]] = None
+    watcher: Optional[PreemptionWatcher] = None  # asked after every optimizer step
 
 
 def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: int, total: int,
                     start_batch: int = 0, generator: Optional[torch.Generator] = None) -> dict:
     """Train batches ``start_batch .. total - 1`` of epoch ``epoch`` (the loader yields only those);
     ``state.step`` and ``state.nonfinite_streak`` advance. Returns the epoch means of the logged
-    scalars and the last LR. Raises ``Interrupted`` when ``loop.should_stop()`` says so after an
+    scalars and the last LR. Raises ``Interrupted`` when ``loop.watcher`` says so after an
     optimizer step, so the caller can checkpoint mid-epoch."""
     model, s, device = loop.model, loop.settings, loop.rt.device
     optimizer, scaler = state.optimizer, state.scaler
     model.train()
     accum = s.accumulate_grad_batches
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    # running statistics that a skipped (non-finite) step must not change
+    norm_buffers = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                    and m.track_running_stats for b in m.buffers(recurse=False)]
+    saved_norms: list = []
     meter = _Meter()
     window_finite = True
     lr = optimizer.param_groups[0]["lr"]
@@ -416,6 +421,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
             lr = lr_at(epoch + i / total, lr=s.lr, min_lr=s.min_lr, warmup_epochs=s.warmup_epochs,
                        epochs=s.schedule_epochs)
             set_lr(optimizer, lr)
+            saved_norms = [b.detach().clone() for b in norm_buffers]
         batch = apply_transforms(to_device(batch, device), loop.transforms, generator)
         n = batch_size(batch)
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
@@ -435,6 +441,9 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
         # one optimizer step for the accumulation window
         if not _all_finite(window_finite, device):
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # the skipped step leaves no trace, normalisation statistics included
+                for buffer, saved in zip(norm_buffers, saved_norms):
+                    buffer.copy_(saved)
             state.nonfinite_streak += 1
             log.warning("non-finite loss at epoch %d step %d: skipped the optimizer step (%d in a row)",
                         epoch, state.step, state.nonfinite_streak)
@@ -461,7 +470,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
                               "train/samples_per_s": samples_since * loop.rt.world_size / max(now - t_last, 1e-9)})
             loop.run_logger.log(step_logs, state.step, epoch=epoch)
             t_last, samples_since = now, 0
-        if loop.should_stop is not None and i + 1 < total and loop.should_stop():
+        if loop.watcher is not None and i + 1 < total and loop.watcher.requested():
             raise Interrupted(i + 1)
 
     means = meter.means(device)
@@ -565,17 +574,31 @@ def callbacks(cfg: Config) -> tuple[CheckpointManager, Optional[EarlyStopping]]:
                                   divergence_threshold=es.divergence_threshold)
 
 
-def _resume_path(cfg: Config, state: TrainState) -> Optional[str]:
-    """Where training continues from: ``ckpt_path``, or with ``resume=auto`` the run's ``last.pt``."""
-    path, mode = cfg.ckpt_path, cfg.resume
-    if mode not in (None, "auto"):
-        raise ConfigError(f"resume must be null or 'auto', got '{mode}'")
-    if path is None and mode == "auto":
-        candidate = os.path.join(state.checkpoints.dirpath, LAST)
-        path = candidate if os.path.isfile(candidate) else None
-        if path is None:
-            log.info("resume=auto: no checkpoint in %s yet; starting from scratch", state.checkpoints.dirpath)
-    return path
+def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], Optional[dict]]:
+    """``(path, checkpoint)`` to continue from: ``ckpt_path``, or with ``resume=auto`` the run's
+    ``last.pt``; when that is missing or unreadable, the newest intact checkpoint beside it (with a
+    warning that names it). ``(None, None)``: start afresh."""
+    if cfg.ckpt_path is not None:
+        return cfg.ckpt_path, load_checkpoint(cfg.ckpt_path)
+    if cfg.resume != "auto":
+        return None, None
+    folder = state.checkpoints.dirpath
+    last = os.path.join(folder, LAST)
+    others = sorted((os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                     if f.endswith(".pt") and f != LAST and not f.startswith(".")),
+                    key=os.path.getmtime, reverse=True)
+    for path in ([last] if os.path.isfile(last) else []) + others:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("resume=auto: %s; trying the next newest checkpoint", e)
+            continue
+        if path != last:
+            log.warning("resume=auto: %s is %s; continuing from %s (epoch %d) instead",
+                        last, "unreadable" if os.path.isfile(last) else "missing", path, int(ckpt["epoch"]))
+        return path, ckpt
+    log.info("resume=auto: no checkpoint in %s yet; starting from scratch", folder)
+    return None, None
 
 
 def _train_epoch(loop: Loop, state: TrainState, loader: Any, *, epoch: int, data_epoch: int, seed: int,
@@ -608,9 +631,27 @@ def _train_epoch(loop: Loop, state: TrainState, loader: Any, *, epoch: int, data
             state.checkpoints.save_last_file(state.state_dict(config=config_yaml, rng_per_rank=rngs,
                                                               generators=generators))
         distributed.barrier()
-        raise Preempted(f"preempted in epoch {epoch} after batch {stop.batch}: wrote "
-                        f"{os.path.join(state.checkpoints.dirpath, LAST)}; rerun with resume=auto to continue") \
-            from None
+        raise Preempted(f"stopped in epoch {epoch} after batch {stop.batch}: wrote "
+                        f"{os.path.join(state.checkpoints.dirpath, LAST)}; rerun in the same run directory "
+                        "with resume=auto to continue", exit_code=loop.watcher.exit_code) from None
+
+
+def _refuse_nonfinite_validation(metrics: dict, raw: dict, epoch: int, checkpoints: CheckpointManager) -> None:
+    """A NaN / inf validation loss or monitored metric ends the run with a clear error (not a quiet
+    early stop that looks like success)."""
+    watched = ["val/loss"] + [m for m in (checkpoints.monitor,) if m and m.startswith("val/")]
+    bad = [k for k in dict.fromkeys(watched) if k in metrics and not is_finite_number(metrics[k])]
+    if not bad:
+        return
+    kept = f"; the last checkpoint with finite metrics is {checkpoints.best_path}" if checkpoints.best_path else ""
+    key = bad[0]
+    reason = (raw.get("undefined") or {}).get(key.split("/", 1)[1]) if isinstance(raw.get("undefined"), dict) else None
+    if reason:
+        raise NonFiniteLossError(f"{key} is {metrics[key]} after epoch {epoch}: {reason}. Monitor another metric "
+                                 f"(callbacks.model_checkpoint.monitor, callbacks.early_stopping.monitor){kept}")
+    raise NonFiniteLossError(f"{key} is {metrics[key]} after epoch {epoch}: the model's outputs are not finite "
+                             "(training diverged). Lower the learning rate (model.optim.blr), clip gradients "
+                             f"(trainer.gradient_clip_val=1.0) or train in fp32 (trainer.precision=32){kept}")
 
 
 def _log_figures(run_logger: RunLogger, figures: dict, step: int, epoch: int, output_dir: str) -> None:
@@ -637,21 +678,22 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
              effective_batch, train_loader.batch_size, s.accumulate_grad_batches, rt.world_size, lr, optim["blr"],
              optim["lr_batch_divisor"])
     checkpoints, early_stopping = callbacks(cfg)
+    identity = run_identity(objective, data.info)
     state = TrainState(objective, optimizer, make_scaler(rt.precision), checkpoints=checkpoints,
-                       early_stopping=early_stopping, extra=objective.stateful())
+                       early_stopping=early_stopping, extra=objective.stateful(), identity=identity)
     pretrained = objective.load_pretrained()  # a resumed run overwrites these with its checkpoint
     model = wrap_ddp(objective, rt)
-    resume_path = _resume_path(cfg, state)
+    resume_path, resume_ckpt = _resume_checkpoint(cfg, state)
     if resume_path:
-        state.load_state_dict(load_checkpoint(resume_path), rank=rt.rank, world_size=rt.world_size,
-                              source=resume_path)
+        check_checkpoint_kind(resume_ckpt, identity, resume_path, use="resume")
+        state.load_state_dict(resume_ckpt, rank=rt.rank, world_size=rt.world_size, source=resume_path)
         log.info("resumed from %s at epoch %d%s (step %d)", resume_path, state.epochs_done,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "", state.step)
     config_yaml = to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     run_logger = RunLogger(cfg.logger, output_dir, enabled=rt.is_main)
     watcher = PreemptionWatcher(rt.device)
     profiler = Profiler(s.profiler, output_dir, rt.device, enabled=rt.is_main)
-    loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher.requested)
+    loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher)
     val_loader = train_loader if s.overfit_batches else data.loaders.get("val")
     val_seed = derive_seed(cfg.seed, VAL_SEED_OFFSET)
     headline = getattr(objective, "headline_metrics", None)
@@ -669,6 +711,7 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
                     val = evaluate(model, val_loader, rt, limit_batches=s.limit_val_batches, progress_bar=s.progress_bar,
                                    generator=torch.Generator(device=rt.device).manual_seed(val_seed))
                 metrics.update({f"val/{k}": v for k, v in val.metrics.items() if _is_number(v)})
+                _refuse_nonfinite_validation(metrics, val.metrics, epoch, checkpoints)
                 if rt.is_main and val.first_batch is not None:
                     figures = objective.validation_figures(val.first_batch,
                                                            torch.Generator(device=rt.device).manual_seed(val_seed))
@@ -688,6 +731,10 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
             if stop:
                 log.info("early stopping after epoch %d: %s", epoch, early_stopping.reason)
                 break
+    except BaseException:
+        for loader in data.loaders.values():  # stop the workers now, before the exit joins them
+            shutdown_workers(loader)
+        raise
     finally:
         run_logger.close()
         watcher.close()

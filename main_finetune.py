@@ -25,15 +25,17 @@ from util.errors import ConfigError
 from util.metrics import numeric
 from util.run_logger import write_json
 from util.schema import Bool, Int
-from util.train_state import model_state
+from util.train_state import check_checkpoint_kind, model_state, run_identity
 
 log = logging.getLogger("main_finetune")
 
 
-def load_weights(objective, path: str) -> None:
+def load_weights(objective, data, path: str) -> None:
     """The model weights of checkpoint ``path`` into ``objective`` (refused when they do not fit)."""
+    ckpt = load_checkpoint(path)
+    check_checkpoint_kind(ckpt, run_identity(objective, data.info), path, use="evaluate")
     try:
-        objective.load_state_dict(model_state(load_checkpoint(path)))
+        objective.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
         raise ConfigError(f"checkpoint '{path}' does not fit this classifier (model.size, num_classes, "
                           f"global_pool, linear_probe must match the run that wrote it): "
@@ -44,7 +46,7 @@ def evaluate_splits(cfg: Config, rt: engine.Runtime, objective, data, checkpoint
     """Val and test metrics of ``checkpoint`` (None: the weights as they are), plus bootstrap 95%
     intervals of the test metrics; identical on every rank (predictions are gathered)."""
     if checkpoint is not None:
-        load_weights(objective, checkpoint)
+        load_weights(objective, data, checkpoint)
     settings = engine.LoopSettings.from_config(cfg.trainer)
     limits = {"val": settings.limit_val_batches, "test": settings.limit_test_batches}
     result: dict = {"checkpoint": checkpoint}
@@ -80,7 +82,7 @@ def main(cfg: Config) -> dict:
     if cfg.eval_only:
         if not cfg.ckpt_path:
             raise ConfigError("eval_only=true needs ckpt_path=<fine-tuned checkpoint>")
-        load_weights(objective, cfg.ckpt_path)
+        load_weights(objective, data, cfg.ckpt_path)
         result = {**evaluate_splits(cfg, rt, objective, data, None), "checkpoint": cfg.ckpt_path}
         if rt.is_main:
             write_json(os.path.join(output_dir, "metrics_dict.json"), result)

@@ -121,7 +121,8 @@ def measure(root: Path, batches: int, batch_size: int, time_steps: int, workers:
     torch.set_num_threads(1)
     cfg = dict(kind="ecg", data_root=str(root.parent), dataset_key=root.name, build_demo=False, batch_size=batch_size,
                num_workers=workers, pin_memory=False, persistent_workers=True, drop_last=True,
-               use_train_subsample=False, fold=None, train_fraction=1.0, subset_seed=0, time_steps=time_steps,
+               use_train_subsample=False, fold=None, train_fraction=1.0, subset_seed=0, nonfinite="error",
+               time_steps=time_steps,
                input_electrodes=None, expected_sampling_rate=None, expected_leads=None, augment=False,
                augment_device="cpu", ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25,
                jitter_mode="multiplicative", rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)

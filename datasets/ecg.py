@@ -147,6 +147,12 @@ class ECGSource:
     def split(self, name: str) -> np.ndarray:
         return self.store.split(name)
 
+    def nonfinite_records(self) -> np.ndarray:
+        return self.store.nonfinite_records()
+
+    def record_ids(self, indices) -> list[str]:
+        return [self.store.record_ids[int(i)] for i in indices]
+
     def dataset(self, records: np.ndarray, train: bool) -> ECGDataset:
         return ECGDataset(self.store, records, time_steps=self.time_steps, leads=self.leads, train=train,
                           transform=self.train_transform if train else None, seed=self.seed)

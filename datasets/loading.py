@@ -13,11 +13,16 @@ A data kind (``datasets/ecg.py``; CMR and paired data next) provides a *source*:
     source.dataset(records, train) -> KeyedDataset
     source.info(train_records) -> DataInfo      input fields, sample shapes, labels
     source.device_transforms                    {field: batched transform run on the training device}
+    source.nonfinite_records() -> np.ndarray    (optional) records holding NaN / inf, and
+    source.record_ids(indices) -> list[str]     their ids, for ``data.nonfinite: error | skip``
 
 and ``datasets.build_data`` turns it into a ``Data`` with ``build_loaders`` below.
 """
 from __future__ import annotations
 
+import atexit
+import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -26,11 +31,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from util.errors import StoreError
-from util.schema import Bool, Float, Int, Str
+from util.preemption import ignore_stop_signals
+from util.schema import Bool, Choice, Float, Int, Str
 from util.seeding import derive_seed
 
+log = logging.getLogger(__name__)
+
 __all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "EpochIndexSampler", "resolve_split", "train_subset",
-           "split_records", "make_loader", "build_loaders"]
+           "split_records", "make_loader", "build_loaders", "shutdown_workers"]
 
 
 # the loader keys of configs/data/default.yaml, shared by every data kind
@@ -38,7 +46,7 @@ LOADER_SCHEMA = {
     "kind": Str(), "data_root": Str(), "dataset_key": Str(), "build_demo": Bool(), "batch_size": Int(min=1),
     "num_workers": Int(min=0), "pin_memory": Bool(), "persistent_workers": Bool(), "drop_last": Bool(),
     "use_train_subsample": Bool(), "fold": Int(min=1, nullable=True),
-    "train_fraction": Float(0, 1, min_open=True), "subset_seed": Int(min=0),
+    "train_fraction": Float(0, 1, min_open=True), "subset_seed": Int(min=0), "nonfinite": Choice("error", "skip"),
 }
 
 
@@ -169,8 +177,46 @@ def split_records(source: Any, name: str, data_cfg: Mapping[str, Any]) -> tuple[
     return split, records
 
 
+def drop_nonfinite(source: Any, split: str, records: np.ndarray, policy: str) -> np.ndarray:
+    """``records`` without those holding NaN / inf (``policy`` skip, with a warning naming them), or a
+    ``StoreError`` naming the store, split and records (``policy`` error)."""
+    if not hasattr(source, "nonfinite_records"):
+        return records
+    bad = np.intersect1d(np.asarray(records), source.nonfinite_records())
+    if len(bad) == 0:
+        return records
+    ids = source.record_ids(bad[:10])
+    shown = ", ".join(ids) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    where = f"{len(bad)} record(s) of the '{split}' split of {getattr(source, 'root', 'the data')}"
+    if policy == "error":
+        raise StoreError(f"{where} hold NaN or inf values: {shown}. Fix them at ingestion, or leave them "
+                         "out with data.nonfinite=skip")
+    log.warning("data.nonfinite=skip: leaving out %s that hold NaN or inf values: %s", where, shown)
+    return np.setdiff1d(np.asarray(records), bad)
+
+
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
+    ignore_stop_signals()  # SIGTERM / SIGUSR1 / Ctrl-C to the process group: the main process checkpoints
+
+
+_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop ``loader``'s worker processes now. Workers ignore the stop signals, so they must be told
+    to finish (the exit of the main process would otherwise wait for them)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if hasattr(loader, "_iterator"):
+        loader._iterator = None
+
+
+@atexit.register
+def _shutdown_all() -> None:  # registered after multiprocessing's own exit hook, so it runs before it
+    for loader in list(_LOADERS):
+        shutdown_workers(loader)
 
 
 def make_loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
@@ -200,6 +246,8 @@ def make_loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: 
                         worker_init_fn=_worker_init if num_workers > 0 else None,
                         generator=torch.Generator().manual_seed(seed))
     loader.epoch_sampler = sampler
+    if num_workers > 0:
+        _LOADERS.add(loader)
     return loader
 
 
@@ -213,6 +261,11 @@ def build_loaders(source: Any, data_cfg: Mapping[str, Any], splits: Sequence[str
     for name in splits:
         train = name == "train"
         split, records = split_records(source, name, data_cfg)
+        records = drop_nonfinite(source, split, records, data_cfg["nonfinite"])
+        if len(records) == 0:
+            raise StoreError(f"the '{split}' split of {getattr(source, 'root', 'the data')} is empty, so there is "
+                             f"nothing to {'train on' if train else 'evaluate'}; re-split the store "
+                             "(datasets.store.make_splits) or choose another fold / split")
         dataset = source.dataset(records, train=train)
         dataset.split = split
         loaders[name] = make_loader(

@@ -9,7 +9,9 @@ A store folder holds::
     record_ids.txt  one unique id per line, row i of every array belongs to id i
     splits.json     {name: [indices]}: train, val, test, optional train_subsample, fold_k_train/val
     info.json       format_version 1, modality, task_type, label_names, sampling_rate and
-                    lead_names (ECG), units, provenance, synthetic, optional extras
+                    lead_names (ECG), units, provenance, synthetic, optional extras;
+                    nonfinite_records: the rows whose array or label holds NaN/inf (the writers
+                    fill it; for other stores ``Store.nonfinite_records`` scans once and caches)
 
 Writers (``write_store``, ``StoreWriter``) build the folder in a hidden temp sibling and rename it
 into place at the end, so an interrupted write never leaves a half store at ``root``.
@@ -33,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from util.errors import StoreError
+from util.files import atomic_write_text, remove_stale_temp_files, temp_path
 
 FORMAT_VERSION = 1
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -148,6 +151,9 @@ class Store:
             raise StoreError(f"{path}: label_names must be a list of strings")
         if not isinstance(info["synthetic"], bool):
             raise StoreError(f"{path}: synthetic must be true or false")
+        bad = info.get("nonfinite_records", [])
+        if not isinstance(bad, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in bad):
+            raise StoreError(f"{path}: nonfinite_records must be a list of record indices")
         if info["modality"] == "ecg":
             leads = info["lead_names"]
             if not isinstance(leads, list) or not leads or not all(isinstance(s, str) for s in leads):
@@ -296,6 +302,31 @@ class Store:
         """Read-only memmap of labels.npy, or None for a store without labels."""
         return None if self.task_type is None else self._mmap("labels.npy")
 
+    def nonfinite_records(self) -> np.ndarray:
+        """Sorted int64 indices of the records whose signal / image or label holds NaN or inf.
+
+        Stores written by ``write_store`` / ``StoreWriter`` list them in info.json; for other stores
+        they are found by one scan of the files (flat memory) and cached in ``.nonfinite.json``."""
+        if "nonfinite_records" in self.info:
+            return np.asarray(self.info["nonfinite_records"], dtype=np.int64)
+        cache = self.root / ".nonfinite.json"
+        files = [self.root / self.array_file] + ([self.root / "labels.npy"] if self.task_type is not None else [])
+        stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("stamp") == stamp:
+                return np.asarray(cached["records"], dtype=np.int64)
+        except (OSError, ValueError, AttributeError):
+            pass
+        bad = _nonfinite_rows(self.root / self.array_file)
+        if self.task_type is not None:
+            bad = np.union1d(bad, _nonfinite_rows(self.root / "labels.npy"))
+        try:
+            atomic_write_text(cache, json.dumps({"stamp": stamp, "records": [int(i) for i in bad]}))
+        except OSError:
+            pass  # a read-only store: scan again next time
+        return bad.astype(np.int64)
+
     def split(self, name: str) -> np.ndarray:
         """int64 indices of split ``name``."""
         if name not in self.splits:
@@ -374,6 +405,22 @@ class Store:
         return state
 
 
+def _nonfinite_rows(path: Path, rows_per_chunk: int = 256) -> np.ndarray:
+    """Indices of the rows of a ``.npy`` file that hold NaN or inf (read in chunks, not memory-mapped)."""
+    shape, dtype, offset = _npy_header(path)
+    if dtype.kind != "f" or not shape:
+        return np.zeros(0, dtype=np.int64)
+    per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    bad = []
+    with open(path, "rb") as f:
+        for start in range(0, shape[0], rows_per_chunk):
+            n = min(rows_per_chunk, shape[0] - start)
+            chunk = np.fromfile(f, dtype=dtype, count=n * per_row, offset=offset if start == 0 else 0)
+            finite = np.isfinite(chunk.reshape(n, per_row)).all(axis=1)
+            bad += (np.flatnonzero(~finite) + start).tolist()
+    return np.asarray(bad, dtype=np.int64)
+
+
 def open_store(data_root: str | os.PathLike, dataset_key: str) -> Store:
     """The store ``<data_root>/<dataset_key>``; a missing one is refused with how to build it."""
     root = Path(data_root) / dataset_key
@@ -392,7 +439,9 @@ def open_store(data_root: str | os.PathLike, dataset_key: str) -> Store:
 
 
 def _temp_sibling(root: Path) -> Path:
-    return root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A fresh temp folder name beside ``root``; the leftovers of killed writers are removed first."""
+    remove_stale_temp_files(root.parent)
+    return Path(temp_path(root, tag=uuid.uuid4().hex[:8]))
 
 
 def _check_target(root: Path, overwrite: bool) -> None:
@@ -495,6 +544,7 @@ class StoreWriter:
                                                 shape=(self.n, *map(int, sample_shape)))
         self.shape = self._array.shape
         self._dirty = 0
+        self._nonfinite: set[int] = set()  # rows with NaN / inf, listed in info.json
         self.done = False
 
     def __enter__(self) -> "StoreWriter":
@@ -511,8 +561,15 @@ class StoreWriter:
             self._array = np.load(self.path, mmap_mode="r+")
             self._dirty = 0
 
+    def _note_nonfinite(self, start: int, stop: int) -> None:
+        if self.dtype.kind == "f":  # checked as stored: a float16 overflow is an inf too
+            rows = np.asarray(self._array[start:stop]).reshape(stop - start, -1)
+            self._nonfinite.update((np.flatnonzero(~np.isfinite(rows).all(axis=1)) + start).tolist())
+
     def __setitem__(self, i: int, x) -> None:
         self._array[i] = x
+        self._nonfinite.discard(int(i))
+        self._note_nonfinite(int(i), int(i) + 1)
         self._written(self._array[0].nbytes)
 
     def write_batch(self, start: int, xs) -> None:
@@ -521,6 +578,8 @@ class StoreWriter:
         if start < 0 or start + len(xs) > self.n:
             raise StoreError(f"write_batch({start}, {len(xs)} rows) is outside the store's N={self.n} rows")
         self._array[start:start + len(xs)] = xs
+        self._nonfinite.difference_update(range(start, start + len(xs)))
+        self._note_nonfinite(start, start + len(xs))
         self._written(xs.size * self.dtype.itemsize)
 
     def finish(self, *, labels=None, record_ids, splits: dict, info: dict) -> Path:
@@ -531,8 +590,12 @@ class StoreWriter:
             self._array = None
             if info.get("modality", modality) != modality:
                 raise StoreError(f"info modality {info.get('modality')!r} does not fit a store of {self.kind}")
+            bad = set(self._nonfinite)
+            if labels is not None and np.asarray(labels).dtype.kind == "f":
+                rows = np.asarray(labels).reshape(self.n, -1)
+                bad.update(np.flatnonzero(~np.isfinite(rows).all(axis=1)).tolist())
             _write_meta(self.tmp, n=self.n, labels=labels, record_ids=record_ids, splits=splits,
-                        info={"modality": modality, **info})
+                        info={"modality": modality, **info, "nonfinite_records": sorted(int(i) for i in bad)})
             _publish(self.tmp, self.root, self.overwrite)
         except BaseException:
             self.abort()

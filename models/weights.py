@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from models.pos_embed import resize_pos_embed
+from util.checkpoint import unreadable_reason
 from util.errors import WeightsError
 
 __all__ = ["WeightsError", "LoadReport", "read_state_dict", "load_pretrained", "NEW_LAYERS"]
@@ -138,12 +139,9 @@ def _torch_load(path: str, allow_pickle: bool, log: logging.Logger):
             f"objects other than tensors and plain values (pickled Python objects; loading them can execute "
             f"code). {OPT_IN}"
         ) from None
-    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
-    lines = message.strip().splitlines()
-    reason = detail.group(1) if detail else (lines[0].split(". ")[0][:160] if lines else "empty file")
     raise WeightsError(
         f"cannot read pretrained weights '{path}': it is not a PyTorch checkpoint or it is corrupted / "
-        f"truncated ({kind}: {reason})"
+        f"truncated ({unreadable_reason(path, RuntimeError(message))}; {kind})"
     ) from None
 
 

@@ -5,14 +5,18 @@ Python values, readable with ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import re
+import zipfile
 from typing import Any, Optional
 
 import torch
 
-from util.errors import CheckpointError, ConfigError
+from util.errors import CheckpointError, CheckpointWriteError, ConfigError
+from util.files import atomic_write_bytes, describe_os_error, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +25,42 @@ LAST = "last.pt"
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    """Serialise ``obj``, write it to a temp file beside ``path``, fsync, rename over ``path``. A
+    failed write (disk full, quota, permission) leaves ``path`` as it was and raises
+    ``CheckpointWriteError`` naming the file and the free space."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # in memory first: a failing disk then gives the OS error, not torch's
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as e:
+        kept = f" The previous {os.path.basename(path)} is intact." if os.path.isfile(path) else ""
+        raise CheckpointWriteError(f"could not write the checkpoint: {describe_os_error(e)}{kept}") from None
+
+
+def unreadable_reason(path: str, error: Exception) -> str:
+    """What ``path`` holds, in a few words, when ``torch.load(weights_only=True)`` failed on it."""
+    message = str(error)
+    if os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes): its write was interrupted"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if pickled:
+        return f"it holds pickled Python objects ({pickled.group(1)}), which safe loading refuses"
+    if zipfile.is_zipfile(path):
+        if "Weights only load failed" in message:
+            return "it holds pickled Python objects besides tensors, which safe loading refuses"
+        return "it is a PyTorch archive that cannot be read (truncated or corrupted)"
+    if head.startswith(b"PK"):
+        return "it is a truncated or corrupted PyTorch archive"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a NumPy .npy array, not a checkpoint"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is JSON text, not a checkpoint"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it is a text file, not a checkpoint"
+    return "it is not a PyTorch file"
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
@@ -44,8 +71,9 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, pickled objects, not a torch file
-        raise CheckpointError(f"cannot read checkpoint '{path}': {type(e).__name__}: {e}. It is corrupted "
-                              "or not a checkpoint of this project (pickled objects are refused).") from None
+        raise CheckpointError(f"cannot read checkpoint '{path}': {unreadable_reason(path, e)}. Checkpoints of "
+                              "this project are plain dicts of tensors; give another file (pretrained encoders "
+                              "go to model.pretrained_weights).") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"'{path}' is not a training checkpoint: it has no 'model' entry "
                               f"(keys: {list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__}).")
@@ -81,6 +109,8 @@ class CheckpointManager:
         self.every_n_epochs = every_n_epochs
         self.verbose = verbose
         self.best: list[dict] = []  # [{"path", "score", "epoch"}], best first
+        for stale in remove_stale_temp_files(dirpath):
+            log.info("removed %s, left by a checkpoint write that was killed", stale)
 
     def state_dict(self) -> dict:
         return {"best": [dict(b) for b in self.best]}

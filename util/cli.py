@@ -19,6 +19,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import time
 import traceback
@@ -26,8 +28,9 @@ from typing import Any, Callable, Optional
 
 from util import distributed
 from util.config import Config, compose, defaults_list, expand_sweeps, resolve, to_yaml, value_source
-from util.errors import ConfigError, Preempted
-from util.preemption import EXIT_PREEMPTED
+from util.errors import ConfigError, NonFiniteLossError, Preempted
+from util.files import atomic_write_text, describe_os_error
+from util.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from util.schema import Bool, SchemaError
 from util.seeding import seed_everything
 
@@ -107,23 +110,15 @@ def _agreed_now() -> dt.datetime:
     return now
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def _write_run_files(output_dir: str, tree: dict) -> None:
     hydra = tree["hydra"]
     subdir = os.path.join(output_dir, str(hydra.get("output_subdir") or ".hydra"))
     os.makedirs(subdir, exist_ok=True)
     job = {k: v for k, v in tree.items() if k != "hydra"}
-    _atomic_write(os.path.join(subdir, "config.yaml"), to_yaml(job))
-    _atomic_write(os.path.join(subdir, "hydra.yaml"), to_yaml({"hydra": hydra}))
-    _atomic_write(os.path.join(subdir, "overrides.yaml"), to_yaml(list(hydra["overrides"]["task"])))
+    atomic_write_text(os.path.join(subdir, "config.yaml"), to_yaml(job))
+    atomic_write_text(os.path.join(subdir, "hydra.yaml"), to_yaml({"hydra": hydra}))
+    atomic_write_text(os.path.join(subdir, "overrides.yaml"), to_yaml(list(hydra["overrides"]["task"])))
 
 
 def _log_file(cfg: dict, output_dir: str, job_name: str) -> str:
@@ -180,8 +175,52 @@ def apply_extras(cfg: Config) -> None:
         log.info("config:\n%s", to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
 
 
+def _is_timestamped(pattern: Any) -> bool:
+    """A run/sweep directory pattern that names a new directory per start (``${now:...}``)."""
+    return isinstance(pattern, str) and "${now:" in pattern
+
+
+def claim_new_directory(path: str) -> str:
+    """Create ``path`` exclusively; when it exists (two runs started in the same second) create
+    ``path_1``, ``path_2``, ... instead. Returns the directory this process owns."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for n in range(1000):
+        candidate = path if n == 0 else f"{path}_{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"cannot create a new run directory next to {path}: 1000 exist already")
+
+
+def lock_directory(path: str) -> Optional[Any]:
+    """Hold ``<path>/.run.lock`` for this process's run, so two processes never run in one directory
+    (two ``resume=auto`` of the same run, a pinned ``hydra.run.dir`` started twice). Returns the open
+    lock file (closing it releases the lock), or None where the file system has no locks."""
+    lock_path = os.path.join(path, ".run.lock")
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{path} is in use by {holder}: two runs cannot share a run directory. Wait for it "
+                          "to finish, or choose another directory (hydra.run.dir=...).") from None
+    except OSError:  # e.g. a network file system mounted without locks: run unguarded
+        log.warning("cannot lock %s on this file system; make sure no other run uses this directory", path)
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}\n")
+    handle.flush()
+    return handle
+
+
 def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job_name: str,
-             now: dt.datetime, mode: str, job_num: Optional[int]) -> tuple[dict, str]:
+             now: dt.datetime, mode: str, job_num: Optional[int]) -> tuple[dict, str, Optional[float]]:
     tree = compose(config_dir, name, overrides, mode=mode, job_num=job_num, job_name=job_name,
                    now=now, resolve=False)
     output_dir = tree["hydra"]["runtime"]["output_dir"]
@@ -189,24 +228,36 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
         key = "hydra.run.dir" if mode == "RUN" else "hydra.sweep.dir/hydra.sweep.subdir"
         raise ConfigError(f"Cannot make the run directory: {key} does not resolve. "
                           f"Check paths.log_dir and {key} (e.g. {key.split('/')[0]}=/path/to/runs).")
-    cfg = resolve(tree, now)
+    lock = None
     if distributed.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        _write_run_files(output_dir, tree)
-    distributed.barrier()  # the other ranks may write into the run directory only once it exists
-    _setup_logging(_log_file(cfg, output_dir, job_name), _log_level(tree))
-    log.info("output directory: %s", output_dir)
-    if tree["hydra"]["overrides"]["task"]:
-        log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
-    apply_extras(cfg)
-    seed_everything(cfg.get("seed"))
+        if mode == "RUN" and _is_timestamped(tree["hydra"]["run"]["dir"]):
+            output_dir = claim_new_directory(output_dir)  # a fresh run never shares a directory
+        else:
+            os.makedirs(output_dir, exist_ok=True)  # a pinned directory: a continuation, guarded by the lock
+        lock = lock_directory(output_dir)
+    # the other ranks use rank 0's directory, and write into it only once it exists
+    output_dir = distributed.broadcast_object(output_dir)
+    tree["hydra"]["runtime"]["output_dir"] = output_dir
     try:
-        metrics = dict(main(cfg) or {})
-    except SchemaError as e:  # say where each bad value was set: a config file or an override
-        raise e.with_sources(lambda key: value_source(config_dir, name, overrides, key, mode=mode,
-                                                      job_num=job_num)) from None
-    # optional key: a standalone config tree need not define it
-    objective = optimized_value(metrics, cfg.get("optimized_metric"))
+        cfg = resolve(tree, now)
+        if distributed.is_main_process():
+            _write_run_files(output_dir, tree)
+        _setup_logging(_log_file(cfg, output_dir, job_name), _log_level(tree))
+        log.info("output directory: %s", output_dir)
+        if tree["hydra"]["overrides"]["task"]:
+            log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
+        apply_extras(cfg)
+        seed_everything(cfg.get("seed"))
+        try:
+            metrics = dict(main(cfg) or {})
+        except SchemaError as e:  # say where each bad value was set: a config file or an override
+            raise e.with_sources(lambda key: value_source(config_dir, name, overrides, key, mode=mode,
+                                                          job_num=job_num)) from None
+        # optional key: a standalone config tree need not define it
+        objective = optimized_value(metrics, cfg.get("optimized_metric"))
+    finally:
+        if lock is not None:
+            lock.close()
     return metrics, output_dir, objective
 
 
@@ -246,19 +297,47 @@ def aggregate_metrics(runs: list[dict]) -> dict:
             for key, v in values.items()}
 
 
+RESULTS = ".results"  # one file per job of a sweep: <sweep dir>/.results/job_<num>.json
+
+
+def _results_stamp(folder: str) -> list:
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith("job_") and n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    stamp = []
+    for n in names:
+        st = os.stat(os.path.join(folder, n))
+        stamp.append((n, st.st_mtime_ns, st.st_size))
+    return stamp
+
+
+def sweep_summary(sweep_dir: str) -> dict:
+    """The summary of a sweep, built from its jobs' result files (see ``_update_summary``)."""
+    folder = os.path.join(sweep_dir, RESULTS)
+    jobs = []
+    for n, _, _ in _results_stamp(folder):
+        with open(os.path.join(folder, n), encoding="utf-8") as f:
+            jobs.append(json.load(f))
+    jobs.sort(key=lambda j: j["num"])
+    return {"sweep_dir": sweep_dir, "jobs": jobs,
+            "aggregate": aggregate_metrics([j["metrics"] for j in jobs if j["status"] == "ok"])}
+
+
 def _update_summary(sweep_dir: str, entry: dict) -> None:
-    """Add or replace one job in ``summary.json`` (locked: SLURM array tasks share the file)."""
-    path = os.path.join(sweep_dir, "summary.json")
-    with open(os.path.join(sweep_dir, ".summary.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        summary = {"sweep_dir": sweep_dir, "jobs": []}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                summary = json.load(f)
-        jobs = [j for j in summary["jobs"] if j["num"] != entry["num"]] + [entry]
-        summary["jobs"] = sorted(jobs, key=lambda j: j["num"])
-        summary["aggregate"] = aggregate_metrics([j["metrics"] for j in summary["jobs"] if j["status"] == "ok"])
-        _atomic_write(path, json.dumps(summary, indent=2, default=str) + "\n")
+    """Record one job and rewrite ``summary.json``. No lock (SLURM array tasks share the folder, often
+    on a network file system without cluster-wide locks): each job writes its own result file
+    atomically, and the summary is rebuilt from all of them until no new one appeared meanwhile, so
+    the last summary written holds every job."""
+    folder = os.path.join(sweep_dir, RESULTS)
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_text(os.path.join(folder, f"job_{entry['num']}.json"), json.dumps(entry, default=str))
+    while True:
+        before = _results_stamp(folder)
+        atomic_write_text(os.path.join(sweep_dir, "summary.json"),
+                          json.dumps(sweep_summary(sweep_dir), indent=2, default=str) + "\n")
+        if _results_stamp(folder) == before:
+            return
 
 
 def _sweep_jobs(master: dict, overrides: list[str], config_dir: str) -> tuple[list[str], list[list[str]]]:
@@ -282,6 +361,15 @@ def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], jo
     if "${" in str(sweep_dir):
         raise ConfigError(f"hydra.sweep.dir does not resolve: {sweep_dir}")
     sweep_dir = os.path.abspath(sweep_dir)
+    claimed = sweep_dir
+    if distributed.is_main_process() and _is_timestamped(master["hydra"]["sweep"].get("dir")) \
+            and job_index is None:
+        claimed = claim_new_directory(sweep_dir)  # a new sweep never shares a directory
+    claimed = distributed.broadcast_object(claimed)
+    if claimed != sweep_dir:  # started in the same second as another sweep: the jobs follow the new name
+        sweep_dir = claimed
+        quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+        hydra_overrides = hydra_overrides + [f"hydra.sweep.dir='{quoted}'"]
     indices = list(range(len(jobs)))
     if job_index is not None:
         if not 0 <= job_index < len(jobs):
@@ -290,7 +378,7 @@ def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], jo
         indices = [job_index]
     if distributed.is_main_process():
         os.makedirs(sweep_dir, exist_ok=True)
-        _atomic_write(os.path.join(sweep_dir, "multirun.yaml"), to_yaml(master))
+        atomic_write_text(os.path.join(sweep_dir, "multirun.yaml"), to_yaml(master))
         print(f"[sweep] {len(jobs)} job(s) in {sweep_dir}", file=sys.stderr)
     failed = 0
     for num in indices:
@@ -305,21 +393,23 @@ def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], jo
             entry.update(status="ok", output_dir=output_dir, metrics=metrics)
             if objective is not None:
                 entry["objective"] = objective
-        except Preempted as e:  # the whole sweep stops; a requeued array task reruns this job with resume=auto
-            entry.update(status="preempted", error=str(e), metrics={})
+        except (Preempted, KeyboardInterrupt) as e:  # the sweep stops; a requeued task reruns this job
+            code, message = explain_failure(e)
+            entry.update(status="preempted" if code == EXIT_PREEMPTED else "interrupted", error=message,
+                         metrics={})
             if distributed.is_main_process():
                 _update_summary(sweep_dir, entry)
-            print(f"Preempted in job #{num}: {e}", file=sys.stderr)
-            return EXIT_PREEMPTED
+            print(f"Job #{num}: {message}", file=sys.stderr)
+            return code
         except Exception as e:  # one failed job does not stop the sweep; the exit code reports it
             failed += 1
-            user_error = isinstance(e, ConfigError)
-            entry.update(status="failed", error=f"{type(e).__name__}: {e}", metrics={})
-            logging.getLogger("cli").error("job #%d failed: %s", num, e)
-            if not user_error or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            known = explain_failure(e)
+            entry.update(status="failed", error=known[1] if known else f"{type(e).__name__}: {e}", metrics={})
+            logging.getLogger("cli").error("job #%d failed: %s", num, entry["error"])
+            if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
             else:
-                print(f"Error in job #{num}: {e}", file=sys.stderr)
+                print(f"Job #{num}: {known[1]}", file=sys.stderr)
         entry["seconds"] = round(time.time() - start, 3)
         if distributed.is_main_process():
             _update_summary(sweep_dir, entry)
@@ -360,12 +450,36 @@ def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
             return _multirun(main, config_dir, name, overrides, job_name, args.job_index)
         _run_job(main, config_dir, name, overrides, job_name, _agreed_now(), "RUN", None)
         return 0
-    except Preempted as e:
-        print(f"Preempted: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except ConfigError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (Exception, KeyboardInterrupt) as e:
+        known = explain_failure(e)
+        if known is None or (os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, Preempted)):
             raise
-        print(f"Error: {e}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
-              file=sys.stderr)
-        return EXIT_USAGE
+        code, message = known
+        hint = "\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace." \
+            if code in (EXIT_USAGE, 1) else ""
+        print(f"{message}{hint}", file=sys.stderr)
+        return code
+
+
+def _unwrap_worker_message(text: str, error: BaseException) -> str:
+    """A user error raised in a DataLoader worker arrives wrapped in the worker's traceback text:
+    keep the original message only."""
+    if "Original Traceback" not in text:
+        return text
+    found = re.search(rf"(?:^|\n)[\w.]*{re.escape(type(error).__name__)}: (.*)\Z", text, re.S)
+    return found.group(1).strip() if found else text
+
+
+def explain_failure(error: BaseException) -> Optional[tuple[int, str]]:
+    """``(exit code, one message)`` for a failure the user can act on; None for a bug (traceback)."""
+    if isinstance(error, Preempted):
+        return error.exit_code, ("Interrupted: " if error.exit_code == EXIT_INTERRUPTED else "Preempted: ") + str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "Interrupted (Ctrl-C) before a checkpoint could be written: nothing to resume"
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE, f"Error: {_unwrap_worker_message(str(error), error)}"
+    if isinstance(error, OSError) and error.filename is not None:
+        return EXIT_USAGE, f"Error: {describe_os_error(error)}"
+    if isinstance(error, NonFiniteLossError):
+        return 1, f"Error: {error}"
+    return None

@@ -28,6 +28,10 @@ class CheckpointError(ConfigError):
     """A checkpoint cannot be read or does not fit the run."""
 
 
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, quota, permission); the previous one is intact."""
+
+
 class WeightsError(ConfigError):
     """A pretrained-weights file cannot be read or does not fit the model."""
 
@@ -37,4 +41,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Preempted(Exception):
-    """Raised after the preemption checkpoint is written; the command line exits with 75."""
+    """Raised after the preemption checkpoint is written; the command line exits with ``exit_code``
+    (75 for a scheduler's signal: requeue; 130 for Ctrl-C)."""
+
+    def __init__(self, message: str, exit_code: int = 75) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

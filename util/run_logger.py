@@ -11,15 +11,13 @@ import math
 import os
 from typing import Any, Optional
 
+from util.files import atomic_write_text
 from util.schema import Section, Str
 
 
 def write_json(path: str, payload: dict) -> None:
     """``payload`` as indented JSON (non-JSON values as their ``str``), written atomically."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def _number(value: Any) -> Optional[float]:

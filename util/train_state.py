@@ -19,6 +19,9 @@ A checkpoint is a plain dict of tensors and Python values, readable with
     early_stop       early-stopping state or None
     metrics          the metric history (finite numbers)
     extra            {name: state_dict()} of the registered components
+    objective        the objective's class (``models.objectives.MAEPretraining``): what the file is
+    data             the data contract it was trained for: input fields and sample shapes, task
+                     type, label names (checked when the file is resumed or evaluated)
     config           the run's config as YAML text
     format_version   2 (version 1 stored the network at the root of ``model``; it is read too)
 
@@ -50,6 +53,47 @@ def model_state(ckpt: dict) -> dict:
     return upgrade_checkpoint(ckpt)["model"]
 
 
+def run_identity(objective: Any, data_info: Any) -> dict:
+    """What a checkpoint of this run is: its objective and the data contract it was trained for."""
+    kind = type(objective)
+    return {"objective": f"{kind.__module__}.{kind.__qualname__}",
+            "data": {"inputs": {name: [int(d) for d in spec.shape] for name, spec in data_info.inputs.items()},
+                     "task_type": data_info.task_type, "label_names": [str(n) for n in data_info.label_names]}}
+
+
+def checkpoint_objective(ckpt: dict) -> Optional[str]:
+    """The objective that wrote ``ckpt`` (recorded since format 2; guessed from the keys before)."""
+    if ckpt.get("objective"):
+        return str(ckpt["objective"])
+    keys = model_state(ckpt).keys()
+    if any(k.startswith("net.decoder_") for k in keys):
+        return "models.objectives.MAEPretraining"
+    if any(k.startswith("net.head.") for k in keys):
+        return "models.objectives.Classification"
+    return None
+
+
+def check_checkpoint_kind(ckpt: dict, identity: dict, path: str, use: str) -> None:
+    """Refuse, with what the file is, a checkpoint of another objective or another data contract
+    (``use``: what the run wanted to do with it: resume, evaluate)."""
+    found, expected = checkpoint_objective(ckpt), identity["objective"]
+    if found is not None and found != expected:
+        raise CheckpointError(
+            f"cannot {use} '{path}': it is a {found.rsplit('.', 1)[-1]} checkpoint ({found}), and this run's "
+            f"model is {expected.rsplit('.', 1)[-1]}. To start this model from its weights give it as "
+            "model.pretrained_weights=<file>; to resume or evaluate it choose the model config of the run "
+            "that wrote it (its .hydra/config.yaml names it).")
+    data = ckpt.get("data")
+    if not data:
+        return
+    for key, what in (("inputs", "input shapes"), ("task_type", "task type"), ("label_names", "labels")):
+        if key in data and data[key] != identity["data"][key]:
+            raise CheckpointError(
+                f"cannot {use} '{path}': it was trained for {what} {data[key]}, but this run's data gives "
+                f"{identity['data'][key]}. Use the data config of the run that wrote it, or start from its "
+                "weights with model.pretrained_weights=<file>.")
+
+
 def _finite(value: Any) -> bool:
     try:
         return float(value) == float(value) and abs(float(value)) != float("inf")
@@ -61,10 +105,12 @@ class TrainState:
     """See the module docstring. ``model`` is the unwrapped objective (not the DDP wrapper)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
-                 checkpoints: Any = None, early_stopping: Any = None, extra: Optional[dict] = None) -> None:
+                 checkpoints: Any = None, early_stopping: Any = None, extra: Optional[dict] = None,
+                 identity: Optional[dict] = None) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.checkpoints, self.early_stopping = checkpoints, early_stopping
         self.extra: dict[str, Any] = dict(extra or {})
+        self.identity = dict(identity or {})  # run_identity(): saved so a file says what it is
         self.epochs_done = 0        # the next epoch to run
         self.step = 0               # optimizer steps so far
         self.batch_in_epoch = 0     # batches of epoch `epochs_done` already done (after a mid-epoch resume)
@@ -90,7 +136,7 @@ class TrainState:
             "early_stop": self.early_stopping.state_dict() if self.early_stopping is not None else None,
             "metrics": {k: v for k, v in self.history.items() if _finite(v)},
             "extra": {name: obj.state_dict() for name, obj in self.extra.items()},
-            "config": config, "format_version": FORMAT_VERSION,
+            "config": config, "format_version": FORMAT_VERSION, **self.identity,
         }
         if self.batch_in_epoch:
             state["batch_in_epoch"] = self.batch_in_epoch
