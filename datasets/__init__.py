@@ -40,7 +40,7 @@ def config_schema(data_cfg: Mapping) -> tuple[dict, bool]:
     from util.schema import Choice
 
     kind = data_cfg.get("kind")
-    extra = getattr(_source_class(kind), "SCHEMA", None) if kind in KINDS else {}
+    extra = getattr(_source_class(kind), "SCHEMA", None) if kind in KINDS else None
     return {**LOADER_SCHEMA, "kind": Choice(*KINDS), **(extra or {})}, extra is not None
 
 

@@ -63,6 +63,7 @@ def test_a_crashing_rank_makes_the_others_exit_instead_of_hanging(tmp_path):
     assert "rank 1 crashed" in res.stderr
 
 
+@pytest.mark.slow
 def test_two_process_pretraining_matches_one_process_with_the_same_global_batch(tmp_path):
     """DDP averages gradients over ranks; data order (one permutation per epoch, sharded by rank),
     crops, augmentations and MAE masks are functions of the sample, so a few steps of 2 ranks x batch 2

@@ -235,3 +235,28 @@ def test_run_logger_writes_jsonl_always_and_csv_with_its_prefix(tmp_path):
     assert '"train/loss": 0.25' in lines[1] and '"val/loss": "nan"' in lines[1]
     with pytest.raises(KeyError, match="prefix"):  # a chosen logger config gives every key
         RunLogger({"csv": {"save_dir": str(tmp_path), "name": "csv"}}, str(tmp_path))
+
+
+def test_a_skipped_nonfinite_step_leaves_batchnorm_statistics_untouched():
+    """A NaN sample in a batch skips the optimizer step; the forward pass already updated the running
+    statistics of a BatchNorm (e.g. the linear probe's head), and they must be restored."""
+
+    class WithNorm(Regression):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3, affine=False)
+
+        def forward(self, batch, generator=None):
+            return super().forward({**batch, "x": self.norm(batch["x"])}, generator)
+
+    torch.manual_seed(0)
+    model = WithNorm()
+    batches = make_batches(3, 4)
+    batches[1]["x"] = batches[1]["x"].clone()
+    batches[1]["x"][0, 0] = float("nan")
+    run_epoch(model, batches[:1])
+    stats = [b.clone() for b in model.norm.buffers()]
+    _, steps, streak = run_epoch(model, batches[1:2])  # the NaN batch: skipped
+    assert steps == 0 and streak == 1
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.norm.buffers()))  # no trace, counter included
+    assert torch.isfinite(model.norm.running_mean).all()

@@ -120,6 +120,7 @@ def test_fold_sweep_aggregates_mean_and_std_over_folds(data_dir, tmp_path):
     assert agg["std"] == pytest.approx(np.std(values, ddof=1))
 
 
+@pytest.mark.slow
 def test_two_process_training_reports_the_selected_checkpoint_and_exact_gathered_metrics(tmp_path):
     """torchrun with 2 gloo ranks on 101 records (uneven shards): the final val/test metrics are those of
     the selected checkpoint on every rank, and equal a single-process evaluation of that checkpoint."""

@@ -13,6 +13,8 @@ from datasets.demo import build_demo
 from util.checkpoint import load_checkpoint
 from util.preemption import EXIT_PREEMPTED
 
+pytestmark = pytest.mark.slow  # real processes and signals: run with -m slow (.ci/run does)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW = ["model.size=pluto", "model.patch_size=[1,50]", "data.time_steps=500", "data.batch_size=2",
         "data.num_workers=0", "trainer.enable_progress_bar=false", "extras.print_config=false",

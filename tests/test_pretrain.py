@@ -81,6 +81,7 @@ def test_two_epochs_plus_resume_equals_four_straight(data_dir, tmp_path):
     assert max_abs_diff(final_weights(straight), final_weights(split)) <= 1e-6
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(data_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     slow = ["data.batch_size=2", "trainer.max_epochs=3"]  # 38 steps per epoch: time to kill mid-epoch

@@ -2,10 +2,12 @@
 comments): fake `srun` and `scontrol` on PATH, SLURM's environment variables set by hand, and a tiny
 entry point on the real command line (util.cli) that records each rank instead of training.
 
-Checked: the launch topology (torchrun --standalone, srun x torchrun over a c10d rendezvous, array
-tasks of one sweep), the run / sweep directories pinned by the job id, and preemption: an entry
-point that exits with 75, or a SIGUSR1/SIGTERM to the batch shell passed on to every rank, makes the
-script `scontrol requeue` the job and exit 0."""
+Checked: the launch topology (srun x torchrun --standalone, srun x torchrun per node over a c10d
+rendezvous, array tasks of one sweep), the run / sweep directories pinned by the job id, and the
+signals as a cluster sends them: the time-limit warning (SIGUSR1 to the batch shell, `B:`) reaches
+every rank, which checkpoints and exits 75, and the job is requeued once; scancel (SIGTERM to the
+whole process tree, DataLoader workers included) stops it without a requeue; exit code 75 without
+the warning is reported, not requeued; three concurrent array tasks complete one summary."""
 import json
 import os
 import signal
@@ -88,7 +90,10 @@ SCONTROL = r"""#!/bin/bash
 case $1 in
     show) [[ $2 == hostnames ]] || exit 1
           for ((i = 0; i < ${SLURM_NNODES:-1}; i++)); do echo localhost; done ;;
-    requeue) echo "$2" >> "${SHIM_REQUEUE_LOG:?}" ;;
+    requeue) if [[ ${SHIM_REQUEUE_ANSWER:-} == pending ]]; then  # Slurm requeued the job itself
+                 echo "scontrol: error: Job is pending execution" >&2; exit 1
+             fi
+             echo "$2" >> "${SHIM_REQUEUE_LOG:?}" ;;
     *) echo "fake scontrol: $* is not supported" >&2; exit 1 ;;
 esac
 """
@@ -153,6 +158,34 @@ class Cluster:
         return self.requeue_log.read_text().split() if self.requeue_log.exists() else []
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (whatever their session: torchrun starts its workers in new
+    ones), as Slurm finds a job's processes in its cgroup."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def signal_tree(root: int, sig: int) -> None:
+    for pid in process_tree(root):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def records(run_dir):
     found = sorted(f for f in os.listdir(run_dir) if f.startswith("seen."))
     return [json.load(open(os.path.join(run_dir, f))) for f in found]
@@ -201,19 +234,20 @@ def test_multi_node_starts_one_torchrun_per_node_over_a_c10d_rendezvous(cluster)
 
 
 def test_array_tasks_run_the_jobs_of_one_sweep_into_one_sweep_directory(cluster):
-    tasks = [cluster.start("sweep_array.sbatch", "trainer.max_epochs=1,2", SLURM_ARRAY_JOB_ID="777",
-                           SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(778 + i)) for i in (0, 1)]
-    for proc in tasks:  # both at once, as array tasks run: summary.json is shared under its lock
+    tasks = [cluster.start("sweep_array.sbatch", "trainer.max_epochs=1,2,3", SLURM_ARRAY_JOB_ID="777",
+                           SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(778 + i)) for i in (0, 1, 2)]
+    for proc in tasks:  # all at once, as array tasks run: summary.json is rebuilt by each, without a lock
         rc, out = cluster.finish(proc)
         assert rc == 0, out[-4000:]
     sweep = cluster.log_root / "sweeps" / "777"
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    for num, epochs in ((0, 1), (1, 2)):
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1", "2"]
+    for num, epochs in ((0, 1), (1, 2), (2, 3)):
         (seen,) = records(sweep / str(num))
         assert seen["world_size"] == 1 and seen["epochs"] == epochs and seen["output_dir"] == str(sweep / str(num))
     summary = json.load(open(sweep / "summary.json"))
     assert [(j["num"], j["status"], j["metrics"]) for j in summary["jobs"]] == [
-        (0, "ok", {"epochs": 1}), (1, "ok", {"epochs": 2})]
+        (0, "ok", {"epochs": 1}), (1, "ok", {"epochs": 2}), (2, "ok", {"epochs": 3})]
+    assert not any(".lock" in p.name for p in sweep.iterdir())
     assert cluster.requeued() == []
 
 
@@ -225,29 +259,43 @@ def test_the_job_count_for_sizing_an_array_is_printed_for_an_out_of_range_index(
     assert cluster.requeued() == [] and not (cluster.log_root / "sweeps").exists()
 
 
-@pytest.mark.parametrize("script, overrides, env, job", [
-    # two ranks exit with 75; torchrun alone would exit with 1
-    ("single_node.sbatch", [], {"SLURM_GPUS_ON_NODE": "2"}, "4242"),
-    ("sweep_array.sbatch", ["trainer.max_epochs=1,2"], {"SLURM_ARRAY_JOB_ID": "777", "SLURM_ARRAY_TASK_ID": "1"},
-     "777_1"),
+@pytest.mark.parametrize("script, overrides, env", [
+    # two ranks exit with 75 (torchrun alone would exit with 1); one process per array task
+    ("single_node.sbatch", [], {"SLURM_GPUS_ON_NODE": "2"}),
+    ("sweep_array.sbatch", ["trainer.max_epochs=1,2"], {"SLURM_ARRAY_JOB_ID": "777", "SLURM_ARRAY_TASK_ID": "1"}),
 ])
-def test_exit_code_75_requeues_the_job_and_exits_0(cluster, script, overrides, env, job):
+def test_exit_code_75_without_the_time_limit_warning_is_reported_and_not_requeued(cluster, script, overrides, env):
     rc, out = cluster.run(script, *overrides, TEST_MODE="preempt", **env)
-    assert rc == 0, out[-4000:]
-    assert cluster.requeued() == [job]
-    assert f"scontrol requeue {job}" in out
+    assert rc == EXIT_PREEMPTED, out[-4000:]
+    assert cluster.requeued() == [] and "without the time-limit warning; not requeueing" in out
+
+
+def usr1_to_the_batch_shell(cluster, script, overrides, run_dir, nranks=1, **env):
+    """Start ``script`` with ranks that wait for a signal, then send the time-limit warning."""
+    proc = cluster.start(script, *overrides, TEST_MODE="signal", **env)
+    wait_for_files(run_dir, [f"ready.{r}" for r in range(nranks)], proc)
+    proc.send_signal(signal.SIGUSR1)
+    return cluster.finish(proc, timeout=60)
 
 
 def test_a_requeued_array_task_reruns_its_job_in_the_same_directory(cluster):
     env = dict(SLURM_ARRAY_JOB_ID="777", SLURM_ARRAY_TASK_ID="0")
-    rc, out = cluster.run("sweep_array.sbatch", "trainer.max_epochs=1,2", TEST_MODE="preempt", **env)
-    assert rc == 0 and cluster.requeued() == ["777_0"], out[-4000:]
     sweep = cluster.log_root / "sweeps" / "777"
+    rc, out = usr1_to_the_batch_shell(cluster, "sweep_array.sbatch", ["trainer.max_epochs=1,2"], sweep / "0", **env)
+    assert rc == 0 and cluster.requeued() == ["777_0"], out[-4000:]
     assert [j["status"] for j in json.load(open(sweep / "summary.json"))["jobs"]] == ["preempted"]
     rc, out = cluster.run("sweep_array.sbatch", "trainer.max_epochs=1,2", SLURM_RESTART_COUNT="1", **env)
     assert rc == 0, out[-4000:]
     assert [(j["num"], j["status"]) for j in json.load(open(sweep / "summary.json"))["jobs"]] == [(0, "ok")]
     assert cluster.requeued() == ["777_0"]
+
+
+def test_a_job_slurm_already_requeued_counts_as_requeued(cluster):
+    env = dict(SLURM_ARRAY_JOB_ID="777", SLURM_ARRAY_TASK_ID="0", SHIM_REQUEUE_ANSWER="pending")
+    rc, out = usr1_to_the_batch_shell(cluster, "sweep_array.sbatch", ["seed=1"],
+                                      cluster.log_root / "sweeps" / "777" / "0", **env)
+    assert rc == 0, out[-4000:]
+    assert "Slurm has requeued the job already" in out
 
 
 def test_a_failed_run_is_not_requeued(cluster):
@@ -258,22 +306,24 @@ def test_a_failed_run_is_not_requeued(cluster):
 
 
 def test_requeues_stop_at_max_requeues(cluster):
-    rc, out = cluster.run("sweep_array.sbatch", "seed=1", TEST_MODE="preempt", SLURM_RESTART_COUNT="3",
-                          MAX_REQUEUES="3", SLURM_ARRAY_JOB_ID="777", SLURM_ARRAY_TASK_ID="0")
+    rc, out = usr1_to_the_batch_shell(cluster, "sweep_array.sbatch", ["seed=1"],
+                                      cluster.log_root / "sweeps" / "777" / "0", SLURM_RESTART_COUNT="3",
+                                      MAX_REQUEUES="3", SLURM_ARRAY_JOB_ID="777", SLURM_ARRAY_TASK_ID="0")
     assert rc == EXIT_PREEMPTED, out[-4000:]
     assert cluster.requeued() == []
 
 
 @pytest.mark.parametrize("script, sig, env, run_dir, nranks, job", [
-    # SLURM's time-limit warning, through torchrun to both ranks
+    # SLURM's time-limit warning, through srun and torchrun to both ranks: requeued
     ("single_node.sbatch", signal.SIGUSR1, {"SLURM_GPUS_ON_NODE": "2"}, "slurm/4242", 2, "4242"),
-    # preemption: the batch shell passes SIGUSR1 (not SIGTERM, which srun turns into SIGKILL) to srun
-    ("multi_node.sbatch", signal.SIGTERM, {"SLURM_NNODES": "2", "GPUS_PER_NODE": "1"}, "slurm/4242", 2, "4242"),
+    # SIGTERM to the batch shell (scancel, the end of the job) is passed on as SIGUSR1 (a SIGTERM would
+    # make srun SIGKILL its tasks) so the ranks checkpoint, but the job is not requeued
+    ("multi_node.sbatch", signal.SIGTERM, {"SLURM_NNODES": "2", "GPUS_PER_NODE": "1"}, "slurm/4242", 2, None),
     # one process per array task: no torchrun in between
     ("sweep_array.sbatch", signal.SIGUSR1, {"SLURM_ARRAY_JOB_ID": "777", "SLURM_ARRAY_TASK_ID": "0"},
      "sweeps/777/0", 1, "777_0"),
 ])
-def test_a_signal_to_the_batch_shell_reaches_every_rank_and_requeues(cluster, script, sig, env, run_dir, nranks, job):
+def test_a_signal_to_the_batch_shell_reaches_every_rank(cluster, script, sig, env, run_dir, nranks, job):
     if script == "multi_node.sbatch":
         env = {**env, "MASTER_PORT": str(free_port())}
     proc = cluster.start(script, "seed=1", TEST_MODE="signal", **env)
@@ -282,20 +332,34 @@ def test_a_signal_to_the_batch_shell_reaches_every_rank_and_requeues(cluster, sc
     started = time.time()
     proc.send_signal(sig)
     rc, out = cluster.finish(proc, timeout=60)  # a rank the signal misses gives up after 30 s
-    assert rc == 0, out[-4000:]
+    assert rc == (0 if job else EXIT_PREEMPTED), out[-4000:]
     assert time.time() - started < 30
-    assert cluster.requeued() == [job]
+    assert cluster.requeued() == ([job] if job else [])
     seen = records(run_dir)
     assert [r["rank"] for r in seen] == list(range(nranks))
     assert all(r["signals"] == ["SIGUSR1"] for r in seen)
     assert f"got {sig.name}" in out
 
 
+def test_scancel_signals_the_whole_tree_and_the_job_stops_without_a_requeue(cluster):
+    proc = cluster.start("single_node.sbatch", "seed=1", TEST_MODE="signal", SLURM_GPUS_ON_NODE="2")
+    run_dir = cluster.log_root / "slurm" / "4242"
+    wait_for_files(run_dir, ["ready.0", "ready.1"], proc)
+    started = time.time()
+    signal_tree(proc.pid, signal.SIGTERM)  # scancel: SIGTERM to the batch shell and every process of the job
+    rc, out = cluster.finish(proc, timeout=60)
+    assert rc != 0 and time.time() - started < 30, out[-4000:]
+    assert cluster.requeued() == [] and "stopped by SIGTERM" in out and "not requeueing" in out
+
+
+# the real training with DataLoader workers (which must leave the signals to the main process)
 PRETRAIN = ["model.size=pluto", "model.patch_size=[1,50]", "data.time_steps=500", "data.batch_size=2",
-            "data.num_workers=0", "trainer.enable_progress_bar=false", "extras.print_config=false",
-            "model.optim.warmup_epochs=1", "trainer.max_epochs=2", "trainer.log_every_n_steps=1000"]
+            "data.num_workers=2", "data.persistent_workers=true", "trainer.enable_progress_bar=false",
+            "extras.print_config=false", "model.optim.warmup_epochs=1", "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1000"]
 
 
+@pytest.mark.slow
 def test_a_pretraining_stopped_by_usr1_resumes_mid_epoch_in_the_requeued_job(cluster, tmp_path):
     """The real main_pretrain.py on 2 ranks: SIGUSR1 to the batch shell mid-epoch -> last.pt of both
     ranks, requeue; the same job id again -> the same run directory, resumed from that batch."""

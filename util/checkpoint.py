@@ -34,7 +34,9 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write_bytes(path, buffer.getbuffer())
     except OSError as e:
-        kept = f" The previous {os.path.basename(path)} is intact." if os.path.isfile(path) else ""
+        folder = os.path.dirname(os.path.abspath(path))
+        kept = f" The checkpoints already in {folder} are intact." if any(
+            f.endswith(".pt") for f in os.listdir(folder)) else ""
         raise CheckpointWriteError(f"could not write the checkpoint: {describe_os_error(e)}{kept}") from None
 
 

@@ -27,7 +27,8 @@ import traceback
 from typing import Any, Callable, Optional
 
 from util import distributed
-from util.config import Config, compose, defaults_list, expand_sweeps, resolve, to_yaml, value_source
+from util.config import (Config, compose, defaults_list, expand_sweeps, resolve, resolve_key, to_yaml,
+                         value_source)
 from util.errors import ConfigError, NonFiniteLossError, Preempted
 from util.files import atomic_write_text, describe_os_error
 from util.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
@@ -225,9 +226,14 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
                    now=now, resolve=False)
     output_dir = tree["hydra"]["runtime"]["output_dir"]
     if output_dir == "???":
-        key = "hydra.run.dir" if mode == "RUN" else "hydra.sweep.dir/hydra.sweep.subdir"
-        raise ConfigError(f"Cannot make the run directory: {key} does not resolve. "
-                          f"Check paths.log_dir and {key} (e.g. {key.split('/')[0]}=/path/to/runs).")
+        key = "hydra.run.dir" if mode == "RUN" else "hydra.sweep.dir"
+        try:
+            resolve_key(tree, key, now)
+            reason = ""
+        except ConfigError as e:  # names the unknown key or the missing environment variable
+            reason = f" ({e})"
+        raise ConfigError(f"Cannot make the run directory: {key} does not resolve{reason}. "
+                          f"Check paths.log_dir and {key} (e.g. {key}=/path/to/runs).")
     lock = None
     if distributed.is_main_process():
         if mode == "RUN" and _is_timestamped(tree["hydra"]["run"]["dir"]):

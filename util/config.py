@@ -45,6 +45,7 @@ __all__ = [
     "instantiate",
     "load_yaml",
     "locate",
+    "resolve_key",
     "parse_override",
     "to_yaml",
 ]
@@ -1877,6 +1878,13 @@ def resolve(cfg: dict, now: Optional[_dt.datetime] = None, strict: bool = True) 
             out[key] = resolver.resolve_path((key,)) if strict else \
                 _resolve_lenient(resolver, resolver.root[key], (key,))
     return Config(out)
+
+
+def resolve_key(cfg: dict, key: str, now: Optional[_dt.datetime] = None) -> Any:
+    """The resolved value of dotted ``key`` of an unresolved tree; a ``ConfigError`` naming what does
+    not resolve (an unknown key, a missing environment variable)."""
+    resolver = _Resolver(_plain(cfg), now or _dt.datetime.now())
+    return resolver.resolve_path(tuple(key.split(".")))
 
 
 def defaults_list(config_dir: str, config_name: str, overrides: Iterable[str] = ()) -> list[dict]:
