@@ -7,6 +7,9 @@ A store folder holds::
     labels.npy      (N, C) multi-hot | (N,) class index | (N,) or (N, C) regression float
                     (absent when task_type is null)
     record_ids.txt  one unique id per line, row i of every array belongs to id i
+    patient_ids.txt (optional) the person of each record, one per line (grouped splits, overlap checks)
+    content_hashes.txt  (written by the writers) a hash of each record's stored values, one per line:
+                    exact duplicates across stores are found by it (datasets.check_overlap)
     splits.json     {name: [indices]}: train, val, test, optional train_subsample, fold_k_train/val
     info.json       format_version 1, modality, task_type, label_names, sampling_rate and
                     lead_names (ECG), units, provenance, synthetic, optional extras;
@@ -81,7 +84,8 @@ class Store:
     Attributes: ``root``, ``info`` (dict), ``modality``, ``record_ids`` (list of str),
     ``splits`` ({name: int64 array}), ``shape`` (of signals.npy / images.npy), ``dtype``,
     ``signals`` / ``images`` (read-only memmaps, opened on first access), ``labels``
-    (read-only memmap or None), ``task_type``, ``label_names``, ``lead_names``, ``sampling_rate``.
+    (read-only memmap or None), ``task_type``, ``label_names``, ``lead_names``, ``sampling_rate``,
+    ``patient_ids`` (list of str, or None when the store has no patient_ids.txt), ``contract``.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -106,6 +110,7 @@ class Store:
         self.n = self.shape[0]
         self._check_array()
         self.record_ids = self._read_record_ids()
+        self.patient_ids = self._read_optional_lines("patient_ids.txt")
         self._labels_shape = None
         self._check_labels()
         self.splits = self._read_splits()
@@ -197,6 +202,31 @@ class Store:
                 seen.add(s)
             self._fail(f"record_ids.txt has {len(dups)} duplicate id(s), e.g. {dups[:5]}; ids must be unique")
         return ids
+
+    def _read_optional_lines(self, name: str) -> Optional[list[str]]:
+        path = self.root / name
+        if not path.is_file():
+            return None
+        lines = path.read_text().splitlines()
+        if len(lines) != self.n:
+            self._fail(f"{name} has {len(lines)} lines but {self.array_file} has N={self.n} rows")
+        return lines
+
+    def content_hashes(self) -> list[str]:
+        """``content_hash`` of each record's stored values (from ``content_hashes.txt``, else computed
+        in chunks)."""
+        lines = self._read_optional_lines("content_hashes.txt")
+        if lines is not None:
+            return lines
+        path = self.root / self.array_file
+        shape, dtype, offset = _npy_header(path)
+        per_row = int(np.prod(shape[1:]))
+        hashes = []
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for _ in range(shape[0]):
+                hashes.append(content_hash(np.fromfile(f, dtype=dtype, count=per_row)))
+        return hashes
 
     def _check_labels(self) -> None:
         path = self.root / "labels.npy"
@@ -327,6 +357,15 @@ class Store:
             pass  # a read-only store: scan again next time
         return bad.astype(np.int64)
 
+    @property
+    def contract(self) -> dict:
+        """The preprocessing contract of the store (``util.contract``): ``info.json``'s ``contract``
+        (written by ``datasets.ingest``) over what every store states (modality, rate, leads, units)."""
+        known = {"modality": self.modality, "units": self.info.get("units")}
+        if self.modality == "ecg":
+            known.update(sampling_rate=float(self.sampling_rate), channel_names=list(self.lead_names))
+        return {**known, **dict(self.info.get("contract") or {})}
+
     def split(self, name: str) -> np.ndarray:
         """int64 indices of split ``name``."""
         if name not in self.splits:
@@ -405,6 +444,13 @@ class Store:
         return state
 
 
+def content_hash(values: np.ndarray) -> str:
+    """A 16-hex-digit hash of an array's bytes (equal records have equal hashes)."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).hexdigest()
+
+
 def _nonfinite_rows(path: Path, rows_per_chunk: int = 256) -> np.ndarray:
     """Indices of the rows of a ``.npy`` file that hold NaN or inf (read in chunks, not memory-mapped)."""
     shape, dtype, offset = _npy_header(path)
@@ -450,8 +496,8 @@ def _check_target(root: Path, overwrite: bool) -> None:
                          "or pick another folder")
 
 
-def _write_meta(tmp: Path, *, n: int, labels, record_ids, splits, info) -> None:
-    """labels.npy, record_ids.txt, splits.json and info.json into folder ``tmp``."""
+def _write_meta(tmp: Path, *, n: int, labels, record_ids, splits, info, patient_ids=None, hashes=None) -> None:
+    """labels.npy, record_ids.txt, [patient_ids.txt, content_hashes.txt,] splits.json and info.json into ``tmp``."""
     record_ids = [str(r) for r in record_ids]
     if len(record_ids) != n:
         raise StoreError(f"{len(record_ids)} record ids for N={n} records; give one id per record")
@@ -465,6 +511,13 @@ def _write_meta(tmp: Path, *, n: int, labels, record_ids, splits, info) -> None:
         labels = np.asarray(labels)
         np.save(tmp / "labels.npy", labels)
     (tmp / "record_ids.txt").write_text("".join(r + "\n" for r in record_ids))
+    if patient_ids is not None:
+        patients = [str(p) for p in patient_ids]
+        if len(patients) != n or any("\n" in p for p in patients):
+            raise StoreError(f"{len(patients)} patient ids for N={n} records; give one per record, without newlines")
+        (tmp / "patient_ids.txt").write_text("".join(p + "\n" for p in patients))
+    if hashes is not None:
+        (tmp / "content_hashes.txt").write_text("".join(h + "\n" for h in hashes))
     plain = {str(k): [int(i) for i in np.asarray(v).reshape(-1)] for k, v in splits.items()}
     (tmp / "splits.json").write_text(json.dumps(plain, separators=(",", ":")))
     (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -488,7 +541,7 @@ def _publish(tmp: Path, root: Path, overwrite: bool) -> Path:
 
 
 def write_store(root: str | os.PathLike, *, signals=None, images=None, labels, record_ids, splits: dict,
-                info: dict, dtype=None, overwrite: bool = False) -> Path:
+                info: dict, dtype=None, overwrite: bool = False, patient_ids=None) -> Path:
     """Write in-memory arrays as a store at ``root`` (atomically); returns ``root``.
 
     signals: (N, leads, T) in mV (ECG) or images: (N, H, W) / (N, C, H, W) (CMR); exactly one.
@@ -504,7 +557,8 @@ def write_store(root: str | os.PathLike, *, signals=None, images=None, labels, r
     writer = StoreWriter(root, len(array), array.shape[1:], dtype, kind=kind, overwrite=overwrite)
     with writer:
         writer.write_batch(0, array)
-        return writer.finish(labels=labels, record_ids=record_ids, splits=splits, info=info)
+        return writer.finish(labels=labels, record_ids=record_ids, splits=splits, info=info,
+                             patient_ids=patient_ids)
 
 
 class StoreWriter:
@@ -545,6 +599,7 @@ class StoreWriter:
         self.shape = self._array.shape
         self._dirty = 0
         self._nonfinite: set[int] = set()  # rows with NaN / inf, listed in info.json
+        self._hashes: list = [content_hash(np.zeros(0, self.dtype))] * self.n  # rows never written: empty
         self.done = False
 
     def __enter__(self) -> "StoreWriter":
@@ -561,15 +616,19 @@ class StoreWriter:
             self._array = np.load(self.path, mmap_mode="r+")
             self._dirty = 0
 
-    def _note_nonfinite(self, start: int, stop: int) -> None:
-        if self.dtype.kind == "f":  # checked as stored: a float16 overflow is an inf too
-            rows = np.asarray(self._array[start:stop]).reshape(stop - start, -1)
+    def _note_rows(self, start: int, stop: int) -> None:
+        """Per written row: its content hash, and whether it holds NaN / inf (as stored: a float16
+        overflow is an inf too)."""
+        rows = np.ascontiguousarray(self._array[start:stop]).reshape(stop - start, -1)
+        for i, row in enumerate(rows, start):
+            self._hashes[i] = content_hash(row)
+        if self.dtype.kind == "f":
             self._nonfinite.update((np.flatnonzero(~np.isfinite(rows).all(axis=1)) + start).tolist())
 
     def __setitem__(self, i: int, x) -> None:
         self._array[i] = x
         self._nonfinite.discard(int(i))
-        self._note_nonfinite(int(i), int(i) + 1)
+        self._note_rows(int(i), int(i) + 1)
         self._written(self._array[0].nbytes)
 
     def write_batch(self, start: int, xs) -> None:
@@ -579,10 +638,10 @@ class StoreWriter:
             raise StoreError(f"write_batch({start}, {len(xs)} rows) is outside the store's N={self.n} rows")
         self._array[start:start + len(xs)] = xs
         self._nonfinite.difference_update(range(start, start + len(xs)))
-        self._note_nonfinite(start, start + len(xs))
+        self._note_rows(start, start + len(xs))
         self._written(xs.size * self.dtype.itemsize)
 
-    def finish(self, *, labels=None, record_ids, splits: dict, info: dict) -> Path:
+    def finish(self, *, labels=None, record_ids, splits: dict, info: dict, patient_ids=None) -> Path:
         """Write the metadata, validate, rename into place; returns ``root``."""
         modality = "ecg" if self.kind == "signals" else "cmr"
         try:
@@ -595,7 +654,8 @@ class StoreWriter:
                 rows = np.asarray(labels).reshape(self.n, -1)
                 bad.update(np.flatnonzero(~np.isfinite(rows).all(axis=1)).tolist())
             _write_meta(self.tmp, n=self.n, labels=labels, record_ids=record_ids, splits=splits,
-                        info={"modality": modality, **info, "nonfinite_records": sorted(int(i) for i in bad)})
+                        info={"modality": modality, **info, "nonfinite_records": sorted(int(i) for i in bad)},
+                        patient_ids=patient_ids, hashes=self._hashes)
             _publish(self.tmp, self.root, self.overwrite)
         except BaseException:
             self.abort()
@@ -632,30 +692,61 @@ def _strata(labels, n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)  # regression: no stratification
 
 
-def make_splits(n: int, labels=None, *, val: float = 0.1, test: float = 0.1, folds: int = 5,
-                train_subsample: float = 0.1, seed: int = 0) -> dict[str, list[int]]:
+def make_splits(n: int, labels=None, *, groups=None, official=None, val: float = 0.1, test: float = 0.1,
+                folds: int = 5, train_subsample: float = 0.1, seed: int = 0) -> dict[str, list[int]]:
     """Deterministic disjoint train/val/test, ``folds`` folds over train, and a train subsample.
 
-    Stratified by class (multiclass) or label combination (multi-hot) when ``labels`` is given:
-    records are ordered by stratum (random order inside), then each split takes evenly spread
-    positions, so every stratum is split in the same proportions. Returns sorted index lists:
-    train, val, test, train_subsample, fold_{k}_train / fold_{k}_val for k = 1..folds.
+    ``groups`` (one id per record, e.g. the patient) keeps every group in one split, fold and
+    subsample: the units split are the groups. Stratified by class (multiclass) or label combination
+    (multi-hot) when ``labels`` is given: groups are ordered by the stratum of their first record
+    (random order inside), then each split takes evenly spread positions, so every stratum is split
+    in the same proportions. ``official`` (per record: train / val / test as the source defines it, e.g.
+    PTB-XL's strat_fold, or None) fixes those records' split; the others are drawn as above, into the
+    splits the source does not define (ACDC defines test only: val is drawn from the rest, and train
+    is what remains). Folds and the subsample are drawn over train.
+    Returns sorted index lists: train, val, test, train_subsample, fold_{k}_train / fold_{k}_val.
     """
     rng = np.random.default_rng(seed)
     strata = _strata(labels, n)
-    order = np.lexsort((rng.permutation(n), strata))  # by stratum, random inside a stratum
+    group_of = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_groups = int(group_of.max()) + 1 if n else 0
+    first = np.unique(group_of, return_index=True)[1]
+    order = np.lexsort((rng.permutation(n_groups), strata[first]))  # groups by stratum, random inside
 
     def pick(idx: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]:
         mask = _spread(len(idx), int(round(frac * len(idx))))
         return idx[mask], idx[~mask]
 
-    val_idx, rest = pick(order, val)
-    test_idx, train_idx = pick(rest, test / (1 - val) if val < 1 else 0.0)
-    splits = {"train": train_idx, "val": val_idx, "test": test_idx}
+    split_of = np.full(n, None, dtype=object) if official is None else np.asarray(official, dtype=object)
+    fixed = {str(v) for v in split_of if v is not None}  # the splits the source defines itself
+    group_split: dict = {}  # group -> split: a group's official split is that of its first record with one
+    for i in np.flatnonzero(split_of != None):  # noqa: E711 - elementwise on an object array
+        group_split.setdefault(int(group_of[i]), split_of[i])
+    free = np.array([g for g in order if int(g) not in group_split], dtype=np.int64)
+    val_frac = 0.0 if "val" in fixed else val
+    test_frac = 0.0 if "test" in fixed else test
+    drawn_val, rest = pick(free, val_frac)
+    drawn_test, drawn_train = pick(rest, test_frac / (1 - val_frac) if val_frac < 1 else 0.0)
+    for name, gs in (("val", drawn_val), ("test", drawn_test), ("train", drawn_train)):
+        group_split.update((int(g), name) for g in gs)
+    # a record with its own official split keeps it (also inside a group of mixed splits); one whose
+    # official split is none of train / val / test is in no split
+    record_split = np.array([split_of[i] if split_of[i] is not None else group_split[int(group_of[i])]
+                             for i in range(n)], dtype=object)
+    train_g = np.array([g for g in order if group_split[int(g)] == "train"], dtype=np.int64)
+    members = [[] for _ in range(n_groups)]
+    for i, g in enumerate(group_of):
+        if record_split[i] == "train":
+            members[g].append(i)
+
+    def records(gs) -> np.ndarray:  # the train records of groups gs
+        return np.array([i for g in gs for i in members[g]], dtype=np.int64)
+
+    splits = {name: np.flatnonzero(record_split == name) for name in ("train", "val", "test")}
     if train_subsample:
-        splits["train_subsample"] = pick(train_idx, train_subsample)[0]
-    fold_of = np.arange(len(train_idx)) % folds if folds else None
+        splits["train_subsample"] = records(pick(train_g, train_subsample)[0])
+    fold_of = np.arange(len(train_g)) % folds if folds else None
     for k in range(1, folds + 1):
-        splits[f"fold_{k}_train"] = train_idx[fold_of != k - 1]
-        splits[f"fold_{k}_val"] = train_idx[fold_of == k - 1]
+        splits[f"fold_{k}_train"] = records(train_g[fold_of != k - 1])
+        splits[f"fold_{k}_val"] = records(train_g[fold_of == k - 1])
     return {name: sorted(int(i) for i in idx) for name, idx in splits.items()}

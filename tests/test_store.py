@@ -273,3 +273,64 @@ def test_make_splits_disjoint_complete_and_deterministic():
     assert make_splits(1000, labels, test=0.2, seed=3) == make_splits(1000, labels, test=0.2, seed=3)
     assert make_splits(1000, labels, seed=3)["val"] != make_splits(1000, labels, seed=4)["val"]
     assert make_splits(50)["test"] == make_splits(50)["test"]  # unlabelled works too
+
+
+def test_make_splits_by_group_keep_each_group_in_one_split_fold_and_subsample():
+    groups = [f"patient{i // 4}" for i in range(400)]  # 100 patients, 4 records each
+    labels = np.arange(400) // 4 % 2
+    splits = make_splits(400, labels, groups=groups, val=0.1, test=0.2, folds=3, train_subsample=0.5, seed=1)
+
+    def patients(name):
+        return {groups[i] for i in splits[name]}
+    assert (len(patients("train")), len(patients("val")), len(patients("test"))) == (70, 10, 20)
+    assert not (patients("train") & patients("val") or patients("train") & patients("test")
+                or patients("val") & patients("test"))
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == list(range(400))
+    for k in (1, 2, 3):
+        assert not patients(f"fold_{k}_train") & patients(f"fold_{k}_val")
+    assert len(splits["train_subsample"]) == 4 * 35  # 35 whole patients
+    assert patients("train_subsample") <= patients("train")
+
+
+def test_make_splits_keep_official_splits_and_draw_the_ones_the_source_lacks():
+    official = ["train"] * 80 + ["val"] * 10 + ["test"] * 10
+    splits = make_splits(100, official=official, folds=2, seed=0)
+    assert splits["train"] == list(range(80)) and splits["val"] == list(range(80, 90))
+    assert splits["test"] == list(range(90, 100))
+    # ACDC: an official test set only; val is drawn from the others, grouped
+    official = [None] * 100 + ["test"] * 50
+    groups = [f"p{i // 2}" for i in range(150)]
+    splits = make_splits(150, groups=groups, official=official, val=0.1, folds=0, train_subsample=0)
+    assert splits["test"] == list(range(100, 150))
+    assert len(splits["val"]) == 10 and len(splits["train"]) == 90
+    assert not {groups[i] for i in splits["val"]} & {groups[i] for i in splits["train"]}
+    # a record whose official split is none of the three is in none
+    splits = make_splits(4, official=["train", "exclude", "val", "test"], folds=0, train_subsample=0)
+    assert (splits["train"], splits["val"], splits["test"]) == ([0], [2], [3])
+
+
+def test_stores_record_patient_ids_and_content_hashes_that_find_identical_records(tmp_path):
+    signals, labels, ids = toy()
+    signals[5] = signals[2]
+    root = write_store(tmp_path / "toy", signals=signals, labels=labels, record_ids=ids,
+                       splits=make_splits(N, labels, folds=2), info=ecg_info(), dtype=np.float16,
+                       patient_ids=[f"p{i // 2}" for i in range(N)])
+    store = Store(root)
+    assert store.patient_ids == [f"p{i // 2}" for i in range(N)]
+    hashes = store.content_hashes()
+    assert hashes[5] == hashes[2] and len(set(hashes)) == N - 1
+    (root / "content_hashes.txt").unlink()  # a store without the file: hashed from its array, alike
+    assert Store(root).content_hashes() == hashes
+    (root / "patient_ids.txt").write_text("p0\n")
+    with pytest.raises(StoreError, match="patient_ids.txt has 1 lines"):
+        Store(root)
+
+
+def test_store_contract_is_its_info_contract_over_what_every_store_states(store_dir):
+    store = Store(store_dir)
+    assert store.contract == {"modality": "ecg", "units": "mV", "sampling_rate": 100.0,
+                              "channel_names": list(STANDARD_LEADS)}
+    info = json.loads((store_dir / "info.json").read_text())
+    info["contract"] = {"zscore": "group", "source": "ptbxl"}
+    (store_dir / "info.json").write_text(json.dumps(info))
+    assert Store(store_dir).contract["zscore"] == "group" and Store(store_dir).contract["sampling_rate"] == 100.0
