@@ -38,12 +38,13 @@ from util.device import PRECISIONS, Precision, make_scaler, resolve_device, reso
 from util.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from util.lr_sched import absolute_lr, lr_at, set_lr
 from util.preemption import PreemptionWatcher
-from datasets.loading import shutdown_workers
 from util.profiler import Profiler
 from util.run_logger import LOGGER_SCHEMA, RunLogger
 from util.schema import AnyOf, Bool, Choice, Float, Int, List, Problem, SchemaError, Section, Str, check
 from util.seeding import derive_seed, rng_state
 from util.train_state import TrainState, check_checkpoint_kind, run_identity
+from datasets.check_overlap import warn_pretraining_overlap
+from datasets.loading import shutdown_workers
 
 log = logging.getLogger(__name__)
 
@@ -550,6 +551,9 @@ class FitResult:
     pretrained: Optional[str]     # the file objective.load_pretrained() initialised from (None: scratch)
     settings: LoopSettings
     state: TrainState
+    # what the pretrained encoder's training records share with the test split (datasets.check_overlap;
+    # None: not checked): {"records": n, "patients": n (None: unknown)}
+    pretraining_overlap: Optional[dict] = None
 
 
 def callbacks(cfg: Config) -> tuple[CheckpointManager, Optional[EarlyStopping]]:
@@ -682,10 +686,18 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     state = TrainState(objective, optimizer, make_scaler(rt.precision), checkpoints=checkpoints,
                        early_stopping=early_stopping, extra=objective.stateful(), identity=identity)
     pretrained = objective.load_pretrained()  # a resumed run overwrites these with its checkpoint
+    overlap = None
+    if pretrained and rt.is_main:
+        found = warn_pretraining_overlap(getattr(objective, "pretrained_metadata", {}).get("training_data"),
+                                         data.info.splits, pretrained)
+        if found is not None:
+            overlap = {"records": len(found.records), "patients": len(found.patients) if found.patients_known
+                       else None}
     model = wrap_ddp(objective, rt)
     resume_path, resume_ckpt = _resume_checkpoint(cfg, state)
     if resume_path:
-        check_checkpoint_kind(resume_ckpt, identity, resume_path, use="resume")
+        check_checkpoint_kind(resume_ckpt, identity, resume_path, use="resume",
+                              contract_policy=data.info.contract_policy)
         state.load_state_dict(resume_ckpt, rank=rt.rank, world_size=rt.world_size, source=resume_path)
         log.info("resumed from %s at epoch %d%s (step %d)", resume_path, state.epochs_done,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "", state.step)
@@ -742,4 +754,4 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     # rank 0 alone writes checkpoints and knows the selected one: every rank must use that file
     best = distributed.broadcast_object(checkpoints.best_path if not s.fast_dev_run else None)
     best_epoch = distributed.broadcast_object(next((b["epoch"] for b in checkpoints.best if b["path"] == best), None))
-    return FitResult(state.history, best, best_epoch, pretrained, s, state)
+    return FitResult(state.history, best, best_epoch, pretrained, s, state, overlap)

@@ -33,7 +33,8 @@ log = logging.getLogger("main_finetune")
 def load_weights(objective, data, path: str) -> None:
     """The model weights of checkpoint ``path`` into ``objective`` (refused when they do not fit)."""
     ckpt = load_checkpoint(path)
-    check_checkpoint_kind(ckpt, run_identity(objective, data.info), path, use="evaluate")
+    check_checkpoint_kind(ckpt, run_identity(objective, data.info), path, use="evaluate",
+                          contract_policy=data.info.contract_policy)
     try:
         objective.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
@@ -96,6 +97,7 @@ def main(cfg: Config) -> dict:
     result = evaluate_splits(cfg, rt, objective, data, fit.best_checkpoint)
     checkpoints = fit.state.checkpoints
     result.update({"best_epoch": fit.best_epoch, "pretrained_weights": fit.pretrained, "train_records": train_records,
+                   "pretraining_overlap": fit.pretraining_overlap,
                    "selection": {"monitor": checkpoints.monitor, "mode": checkpoints.mode}})
     if rt.is_main:
         write_json(os.path.join(output_dir, "metrics.json"), result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import Mapping, Sequence
 
 from util.errors import ConfigError
@@ -56,4 +57,11 @@ def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_siz
     for name, loader in loaders.items():
         log.debug("%s loader: %d records of split '%s', %d batches of %d per rank", name, len(records[name]),
                   loader.dataset.split, len(loader), loader.batch_size)
-    return Data(loaders=loaders, info=source.info(records.get("train")), device_transforms=source.device_transforms)
+    info = source.info(records.get("train"))
+    info.contract_policy = data_cfg["contract_mismatch"]
+    for name, loader in loaders.items():
+        info.splits[name] = {"store": os.path.abspath(str(info.source)), "split": loader.dataset.split,
+                             "records": len(records[name])}
+        if name == "train":
+            info.splits[name].update(train_fraction=data_cfg["train_fraction"], subset_seed=data_cfg["subset_seed"])
+    return Data(loaders=loaders, info=info, device_transforms=source.device_transforms)

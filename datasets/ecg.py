@@ -163,5 +163,6 @@ class ECGSource:
             labels = np.asarray(self.store.labels[np.sort(train_records)])
         spec = InputSpec(shape=(1, len(self._probe.lead_index), self.time_steps),
                          channel_names=list(self._probe.lead_names), sampling_rate=self.store.sampling_rate)
+        contract = {**self.store.contract, "channel_names": list(self._probe.lead_names)}  # the leads fed in
         return DataInfo(inputs={FIELD: spec}, task_type=self.store.task_type, label_names=self.store.label_names,
-                        train_labels=labels, source=str(self.store.root))
+                        train_labels=labels, source=str(self.store.root), contract=contract)

@@ -47,6 +47,7 @@ LOADER_SCHEMA = {
     "num_workers": Int(min=0), "pin_memory": Bool(), "persistent_workers": Bool(), "drop_last": Bool(),
     "use_train_subsample": Bool(), "fold": Int(min=1, nullable=True),
     "train_fraction": Float(0, 1, min_open=True), "subset_seed": Int(min=0), "nonfinite": Choice("error", "skip"),
+    "contract_mismatch": Choice("error", "warn"),
 }
 
 
@@ -66,6 +67,11 @@ class DataInfo:
     label_names: list = field(default_factory=list)
     train_labels: Optional[np.ndarray] = None  # labels of the training records (class / pos weights)
     source: str = ""                   # where the data comes from, for logs
+    contract: dict = field(default_factory=dict)  # how the inputs were prepared (util.contract)
+    contract_policy: str = "error"     # data.contract_mismatch: a model trained on other data is refused | warned
+    # loader name -> the records it reads: {store (absolute path), split, records (count)}, and for
+    # train also train_fraction and subset_seed (an encoder records what it was pretrained on)
+    splits: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -47,6 +47,7 @@ import torch.nn as nn
 from models.classifier import mixup
 from models.factory import NETWORKS, build_network, network_schema
 from models.losses import TASK_TYPES, ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
+from util import contract
 from util.errors import ConfigError
 from util.lr_decay import param_groups_lrd
 from util.metrics import MAIN_METRICS, bootstrap_ci, compute_metrics
@@ -131,7 +132,8 @@ class MAEPretraining(Objective):
 
     Each sample's mask is a function of its ``key`` (its dataset seed, epoch and index), so a sample is
     masked alike on any rank and in any batch; the loss terms ``loss_mse``, ``loss_ncc``, ``ncc`` are
-    logged. ``exports()`` gives the encoder as ``{'model': state_dict}``, the released MMCL layout."""
+    logged. ``exports()`` gives the encoder as ``{'model': state_dict}``, the released MMCL layout, plus
+    its data's ``contract`` and ``training_data`` (store, split, records)."""
 
     @classmethod
     def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
@@ -143,6 +145,10 @@ class MAEPretraining(Objective):
         self.field, spec = single_input(data)
         self.row_names = list(spec.channel_names or [])
         self.net = build_network(arch, "mae", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
+        # what the encoder file records about its data: fine-tuning checks the first and warns about the
+        # second overlapping its test split
+        self.data_contract = dict(getattr(data, "contract", None) or {})
+        self.training_data = dict((getattr(data, "splits", None) or {}).get("train") or {})
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         out = self.net(batch[self.field], generator=generator, sample_keys=batch["key"])
@@ -153,7 +159,8 @@ class MAEPretraining(Objective):
                                                  generator)}
 
     def exports(self) -> dict[str, dict]:
-        return {"encoder.pth": {"model": self.net.encoder_state_dict()}}
+        return {"encoder.pth": {"model": self.net.encoder_state_dict(), "contract": self.data_contract,
+                                "training_data": self.training_data}}
 
 
 def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator):
@@ -238,6 +245,8 @@ class Classification(Objective):
                                tolerated_missing_fraction=float(tolerated_missing_fraction))
         self.headline_metrics = ("loss", *MAIN_METRICS[task_type])
         self._warned_skipped: set = set()
+        self.data = data  # its contract is checked against the pretrained encoder's
+        self.pretrained_metadata: dict = {}
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         x, y = batch[self.field], batch["label"]
@@ -283,6 +292,10 @@ class Classification(Objective):
                               "model.pretrained_weights=null to train from scratch.")
         report = load_pretrained(self.net, path, allow_pickle=self.pretrained["allow_pickle"],
                                  tolerated_missing_fraction=self.pretrained["tolerated_missing_fraction"])
+        contract.check(report.metadata.get("contract"), getattr(self.data, "contract", None),
+                       what=f"the pretrained encoder '{path}'", policy=getattr(self.data, "contract_policy", "error"),
+                       log=log)
+        self.pretrained_metadata = report.metadata  # the engine checks its training_data against our splits
         log.info("initialised the encoder from %s (%d tensors loaded)", path, len(report.loaded))
         return path
 

@@ -37,7 +37,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -84,6 +84,7 @@ class LoadReport:
     renamed: str = ""  # how checkpoint keys were renamed, e.g. "stripped 'module.'"
     num_model_keys: int = 0
     notes: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # the file's plain top-level entries (contract, training_data)
 
     @property
     def missing_required(self) -> list[str]:
@@ -185,7 +186,20 @@ def _detect_format(obj, state: dict) -> str:
 
 def read_state_dict(path, *, allow_pickle: bool = False, log: logging.Logger = logger) -> tuple[dict[str, torch.Tensor], str]:
     """Read ``path`` and return ``(flat state dict, format)``; key names are as stored."""
-    path = os.fspath(path)
+    _, state, fmt = _read(os.fspath(path), allow_pickle, log)
+    return state, fmt
+
+
+def _metadata(obj) -> dict:
+    """The plain (non-tensor) top-level entries of a weights file, e.g. an exported encoder's
+    ``contract`` and ``training_data``."""
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool, list, dict))
+            and not _is_state_dict(v) and k not in CONTAINER_KEYS}
+
+
+def _read(path: str, allow_pickle: bool, log: logging.Logger) -> tuple[Any, dict[str, torch.Tensor], str]:
     obj = _torch_load(path, allow_pickle, log)
     state = _find_state_dict(obj)
     if state is None:
@@ -194,7 +208,7 @@ def read_state_dict(path, *, allow_pickle: bool = False, log: logging.Logger = l
             f"no state dict found in pretrained weights '{path}' ({what}); expected a dict of tensors, "
             f"possibly under one of {', '.join(repr(k) for k in CONTAINER_KEYS)}"
         )
-    return state, _detect_format(obj, state)
+    return obj, state, _detect_format(obj, state)
 
 
 # ---- key renaming -------------------------------------------------------------------------------------
@@ -306,10 +320,10 @@ def load_pretrained(
         expected_missing = [expected_missing]
     is_new_layer = _matcher(NEW_LAYERS + tuple(expected_missing or ()) + ("*.num_batches_tracked", "num_batches_tracked"))
 
-    state, fmt = read_state_dict(path, allow_pickle=allow_pickle, log=log)
+    obj, state, fmt = _read(path, allow_pickle, log)
     target = model.state_dict()
     state, renamed = _best_renaming(state, set(target))
-    report = LoadReport(source=path, format=fmt, renamed=renamed, num_model_keys=len(target))
+    report = LoadReport(source=path, format=fmt, renamed=renamed, num_model_keys=len(target), metadata=_metadata(obj))
 
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -149,7 +149,8 @@ def data_cfg(root, **kw):
     """Every key of configs/data/ecg.yaml (no code defaults), augmentations off unless asked."""
     cfg = dict(kind="ecg", data_root=str(root.parent), dataset_key=root.name, build_demo=False, batch_size=4,
                num_workers=0, pin_memory=False, persistent_workers=False, drop_last=True, use_train_subsample=False,
-               fold=None, train_fraction=1.0, subset_seed=0, nonfinite="error", time_steps=STEPS,
+               fold=None, train_fraction=1.0, subset_seed=0, nonfinite="error", contract_mismatch="error",
+               time_steps=STEPS,
                input_electrodes=None, expected_sampling_rate=None, expected_leads=None, augment=False, augment_device="cpu",
                ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25, jitter_mode="multiplicative",
                rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)

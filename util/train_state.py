@@ -20,8 +20,9 @@ A checkpoint is a plain dict of tensors and Python values, readable with
     metrics          the metric history (finite numbers)
     extra            {name: state_dict()} of the registered components
     objective        the objective's class (``models.objectives.MAEPretraining``): what the file is
-    data             the data contract it was trained for: input fields and sample shapes, task
-                     type, label names (checked when the file is resumed or evaluated)
+    data             what it was trained for: input fields and sample shapes, task type, label
+                     names, and the preprocessing contract of the data (``util.contract``); checked
+                     when the file is resumed or evaluated
     config           the run's config as YAML text
     format_version   2 (version 1 stored the network at the root of ``model``; it is read too)
 
@@ -30,6 +31,7 @@ A checkpoint written mid-epoch (preemption) also has ``batch_in_epoch`` (batches
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import torch
@@ -38,6 +40,7 @@ from util.errors import CheckpointError
 from util.seeding import rng_state, set_rng_state
 
 FORMAT_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
@@ -58,7 +61,8 @@ def run_identity(objective: Any, data_info: Any) -> dict:
     kind = type(objective)
     return {"objective": f"{kind.__module__}.{kind.__qualname__}",
             "data": {"inputs": {name: [int(d) for d in spec.shape] for name, spec in data_info.inputs.items()},
-                     "task_type": data_info.task_type, "label_names": [str(n) for n in data_info.label_names]}}
+                     "task_type": data_info.task_type, "label_names": [str(n) for n in data_info.label_names],
+                     "contract": dict(getattr(data_info, "contract", None) or {})}}
 
 
 def checkpoint_objective(ckpt: dict) -> Optional[str]:
@@ -73,9 +77,10 @@ def checkpoint_objective(ckpt: dict) -> Optional[str]:
     return None
 
 
-def check_checkpoint_kind(ckpt: dict, identity: dict, path: str, use: str) -> None:
-    """Refuse, with what the file is, a checkpoint of another objective or another data contract
-    (``use``: what the run wanted to do with it: resume, evaluate)."""
+def check_checkpoint_kind(ckpt: dict, identity: dict, path: str, use: str, contract_policy: str = "error") -> None:
+    """Refuse, with what the file is, a checkpoint of another objective, other input shapes or labels,
+    or data prepared differently (``util.contract``; a warning instead with ``contract_policy`` warn).
+    ``use``: what the run wanted to do with it: resume, evaluate."""
     found, expected = checkpoint_objective(ckpt), identity["objective"]
     if found is not None and found != expected:
         raise CheckpointError(
@@ -92,6 +97,10 @@ def check_checkpoint_kind(ckpt: dict, identity: dict, path: str, use: str) -> No
                 f"cannot {use} '{path}': it was trained for {what} {data[key]}, but this run's data gives "
                 f"{identity['data'][key]}. Use the data config of the run that wrote it, or start from its "
                 "weights with model.pretrained_weights=<file>.")
+    from util import contract
+
+    contract.check(data.get("contract"), identity["data"].get("contract"), what=f"checkpoint '{path}'",
+                   policy=contract_policy, log=log)
 
 
 def _finite(value: Any) -> bool:
