@@ -1,5 +1,5 @@
 """The deterministic demo dataset: synthetic 12-lead ECGs with learnable classes, paired synthetic
-short-axis CMR frames, plus the few real ECGs that installed packages ship.
+short-axis CMR frames, plus the real 12-lead DICOM ECG that pydicom ships.
 
 ECG model. Each beat is a sum of Gaussian waves (P, Q, R, S, T; McSharry et al. 2003, ECGSYN) on
 a 3-D cardiac dipole in Frank coordinates (X left, Y inferior, Z posterior). Each wave has its
@@ -36,13 +36,13 @@ import fcntl
 import importlib.util
 import sys
 import time
-import xml.etree.ElementTree as ET
-from fractions import Fraction
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
+from datasets.preprocess import signal_to_contract
+from datasets.sources import standard_lead
+from datasets.sources.dicom_ecg import read_dicom_ecg
 from datasets.store import STANDARD_LEADS, Store, StoreError, StoreWriter, make_splits
 
 GENERATOR_VERSION = 1
@@ -323,67 +323,14 @@ def _cmr_chunk(rng: np.random.Generator, lat: dict, size: int = IMAGE_SIZE) -> n
 # Real ECGs shipped inside installed packages
 
 
-def _standard_lead(name: str) -> Optional[str]:
-    """'Lead I (Einthoven)' / 'lead avr' / 'V1' -> our lead name, or None."""
-    key = name.split("(")[0].strip().lower()
-    key = key[5:].strip() if key.startswith("lead ") else key
-    return {lead.lower(): lead for lead in STANDARD_LEADS}.get(key)
-
-
-def _to_demo_format(leads: dict, rate: float) -> np.ndarray:
-    """{lead name: (samples,) mV} at ``rate`` Hz -> (12, T) float32 at 500 Hz, first 10 s."""
-    from scipy.signal import resample_poly
-
-    missing = [lead for lead in STANDARD_LEADS if lead not in leads]
-    if missing:
-        raise ValueError(f"leads {missing} missing")
-    x = np.stack([np.asarray(leads[lead], dtype=np.float64) for lead in STANDARD_LEADS])
-    if rate != FS:
-        ratio = Fraction(FS) / Fraction(rate).limit_denominator(1000)
-        x = resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
-    if x.shape[1] < T:
-        raise ValueError(f"only {x.shape[1] / FS:.1f} s long, the demo needs {SECONDS} s")
-    return x[:, :T].astype(np.float32)
-
-
 def _read_dicom_ecg(path: str) -> tuple[np.ndarray, list[str], dict]:
-    """A DICOM 12-lead ECG: ((12, T) mV at 500 Hz, diagnosis statements, notes)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    group = max(range(len(ds.WaveformSequence)), key=lambda i: int(ds.WaveformSequence[i].NumberOfWaveformSamples))
-    wave = ds.WaveformSequence[group]  # the rhythm strip (the longest group), not the median beat
-    data = ds.waveform_array(group)  # (samples, channels), sensitivity applied
-    leads, scale = {}, []
-    for k, channel in enumerate(wave.ChannelDefinitionSequence):
-        lead = _standard_lead(channel.ChannelSourceSequence[0].CodeMeaning)
-        unit = channel.ChannelSensitivityUnitsSequence[0].CodeValue
-        factor = {"uV": 1e-3, "mV": 1.0}.get(unit)
-        if factor is None:
-            raise ValueError(f"channel unit {unit!r} not understood")
-        if lead:
-            leads[lead] = data[:, k] * factor
-            scale.append(unit)
-    statements = [str(item.UnformattedTextValue) for item in ds.get("WaveformAnnotationSequence", [])
-                  if "UnformattedTextValue" in item]
-    rate = float(wave.SamplingFrequency)
-    return _to_demo_format(leads, rate), statements, {"sampling_rate": rate, "units": sorted(set(scale))}
-
-
-def _read_ge_xml_ecg(path: str) -> tuple[np.ndarray, list[str], dict]:
-    """A GE CardioSoft XML ECG (the UK Biobank format): StripData/WaveformData, uV per LSB."""
-    root = ET.parse(path).getroot()
-    strip = root.find("StripData")
-    rate = float(strip.findtext("SampleRate"))
-    resolution = float(strip.findtext("Resolution"))  # uV per unit
-    leads = {}
-    for node in strip.findall("WaveformData"):
-        lead = _standard_lead(node.get("lead", ""))
-        if lead:
-            values = np.array([float(v) for v in node.text.replace("\n", "").split(",") if v.strip()])
-            leads[lead] = values * resolution * 1e-3
-    statements = [(e.text or "").strip() for e in root.iter("DiagnosisText") if (e.text or "").strip()]
-    return _to_demo_format(leads, rate), statements, {"sampling_rate": rate, "units": f"{resolution:g} uV per LSB"}
+    """A DICOM 12-lead ECG (read by ``datasets.sources.dicom_ecg``) as the demo stores it: ((12, T) mV
+    at 500 Hz, the first 10 s, our lead order; no filtering), its statements, and notes."""
+    ecg = read_dicom_ecg(path)
+    x, _ = signal_to_contract(ecg.signal, rate=FS, seconds=SECONDS, min_seconds=None, baseline="none", clip=None,
+                              zscore="none")
+    mapped = [unit for name, unit in zip(ecg.signal.lead_names, ecg.channel_units) if standard_lead(name)]
+    return x, ecg.statements, {"sampling_rate": float(ecg.signal.sampling_rate), "units": sorted(set(mapped))}
 
 
 def statement_labels(statements: list[str]) -> np.ndarray:
@@ -424,16 +371,6 @@ def real_ecg_sources() -> list[dict]:
         if path:
             sources.append(dict(record_id="real_pydicom_waveform_ecg", path=str(path), reader="dicom",
                                 package=f"pydicom {_package_version('pydicom')} (MIT)", file="waveform_ecg.dcm"))
-    spec = importlib.util.find_spec("ecgprocess")  # located, never imported (it pulls in pandas, matplotlib)
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(list(spec.submodule_search_locations)[0]) / "example_data" / "example_datasets"
-        package = f"ecgprocess {_package_version('ecgprocess')} (GPL-3.0; example data read at build time, not copied)"
-        for file, reader in (("example-DICOM1.dcm", "dicom"), ("example-DICOM2.dcm", "dicom"),
-                             ("example-XML1.xml", "ge_xml")):
-            if (folder / file).is_file() and (reader != "dicom" or importlib.util.find_spec("pydicom")):
-                rid = "real_ecgprocess_" + file.rsplit(".", 1)[0].replace("-", "_").lower()
-                sources.append(dict(record_id=rid, path=str(folder / file), reader=reader, package=package,
-                                    file=file))
     return sources
 
 
@@ -441,9 +378,8 @@ def load_real_ecgs() -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
     """(signals (12, T) mV, labels (5,), provenance notes) of each readable real ECG; others are skipped."""
     signals, labels, notes = [], [], []
     for src in real_ecg_sources():
-        reader = _read_dicom_ecg if src["reader"] == "dicom" else _read_ge_xml_ecg
         try:
-            x, statements, extra = reader(src["path"])
+            x, statements, extra = _read_dicom_ecg(src["path"])
         except Exception as e:  # noqa: BLE001 - a package's example file we cannot use is skipped, not fatal
             print(f"demo: skipping real ECG {src['file']} from {src['package']}: {e}", file=sys.stderr)
             continue

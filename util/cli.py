@@ -195,10 +195,12 @@ def claim_new_directory(path: str) -> str:
     raise ConfigError(f"cannot create a new run directory next to {path}: 1000 exist already")
 
 
-def lock_directory(path: str) -> Optional[Any]:
+def lock_directory(path: str, conflict: str = "two runs cannot share a run directory. Wait for it to finish, or "
+                   "choose another directory (hydra.run.dir=...).") -> Optional[Any]:
     """Hold ``<path>/.run.lock`` for this process's run, so two processes never run in one directory
     (two ``resume=auto`` of the same run, a pinned ``hydra.run.dir`` started twice). Returns the open
-    lock file (closing it releases the lock), or None where the file system has no locks."""
+    lock file (closing it releases the lock), or None where the file system has no locks. ``conflict``
+    ends the message when another process holds it."""
     lock_path = os.path.join(path, ".run.lock")
     handle = open(lock_path, "a+")
     try:
@@ -207,8 +209,7 @@ def lock_directory(path: str) -> Optional[Any]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigError(f"{path} is in use by {holder}: two runs cannot share a run directory. Wait for it "
-                          "to finish, or choose another directory (hydra.run.dir=...).") from None
+        raise ConfigError(f"{path} is in use by {holder}: {conflict}") from None
     except OSError:  # e.g. a network file system mounted without locks: run unguarded
         log.warning("cannot lock %s on this file system; make sure no other run uses this directory", path)
         handle.close()
