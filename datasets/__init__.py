@@ -60,7 +60,8 @@ def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_siz
     info = source.info(records.get("train"))
     info.contract_policy = data_cfg["contract_mismatch"]
     for name, loader in loaders.items():
-        info.splits[name] = {"store": os.path.abspath(str(info.source)), "split": loader.dataset.split,
+        info.splits[name] = {"store": os.path.abspath(info.source) if info.source else None,
+                             "split": loader.dataset.split,
                              "records": len(records[name])}
         if name == "train":
             info.splits[name].update(train_fraction=data_cfg["train_fraction"], subset_seed=data_cfg["subset_seed"])

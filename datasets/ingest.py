@@ -213,7 +213,10 @@ def run_shard(options: argparse.Namespace) -> Path:
         raise StoreError(f"--raw {options.raw} is not a folder: give the downloaded dataset's folder")
     reader = cls(options.raw, options)
     started = time.time()
-    refs = sorted(reader.index(), key=lambda r: r.record_id)
+    try:
+        refs = sorted(reader.index(), key=lambda r: r.record_id)
+    except ValueError as e:  # readers say so for raw data they cannot use at all (a pickled tensor file ...)
+        raise StoreError(f"{options.source}: cannot index {options.raw}: {e}") from None
     ids = [r.record_id for r in refs]
     if len(set(ids)) != len(ids):
         raise StoreError(f"{options.source}: the index lists some record ids twice; they must be unique")

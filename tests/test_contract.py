@@ -18,7 +18,7 @@ from util import cli, contract
 N, T = 60, 400
 
 
-def ecg_store(root, *, rate=100, record_prefix="r", patients=None, seed=0, signals=None, splits=None, source=None):
+def ecg_store(root, *, rate=500, record_prefix="r", patients=None, seed=0, signals=None, splits=None, source=None):
     """A 3-class store of sines whose frequency is the class; ``patients``: one id per record."""
     rng = np.random.default_rng(seed)
     cls = rng.integers(0, 3, size=N)
@@ -42,17 +42,17 @@ def store_overrides(data, key, rate):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """An encoder pretrained (and a classifier fine-tuned) on the 100 Hz store ``p100``."""
+    """An encoder pretrained (and a classifier fine-tuned) on the 500 Hz store ``p500``."""
     root = tmp_path_factory.mktemp("contract")
     data = root / "data"
     patients = [f"p{i // 2}" for i in range(N)]  # two records per patient
-    ecg_store(data / "p100", patients=patients)
+    ecg_store(data / "p500", patients=patients)
     ecg_store(data / "p250", rate=250, seed=1)
-    argv = [*store_overrides(data, "p100", 100), f"paths.log_dir={root}/logs", f"hydra.run.dir={root}/pre",
+    argv = [*store_overrides(data, "p500", 500), f"paths.log_dir={root}/logs", f"hydra.run.dir={root}/pre",
             *PRETRAIN_TINY, "data.time_steps=200", "trainer.max_epochs=1", "modality.num_classes=3",
             "modality.task_type=multiclass"]
     assert cli.run_cli(main_pretrain.main, "pretrain", argv=argv, prog="main_pretrain.py") == 0
-    argv = [*store_overrides(data, "p100", 100), "modality.task_type=multiclass", "modality.num_classes=3",
+    argv = [*store_overrides(data, "p500", 500), "modality.task_type=multiclass", "modality.num_classes=3",
             *FINETUNE_TINY, f"paths.log_dir={root}/logs", f"hydra.run.dir={root}/ft", "trainer.max_epochs=1"]
     assert cli.run_cli(main_finetune.main, "finetune", argv=argv, prog="main_finetune.py") == 0
     return {"root": root, "data": data, "patients": patients, "encoder": root / "pre" / "encoder.pth",
@@ -75,19 +75,19 @@ def test_mismatches_name_each_differing_field_and_ignore_unknown_ones():
 
 def test_the_encoder_file_records_its_contract_and_training_records(trained):
     payload = torch.load(trained["encoder"], weights_only=True)
-    assert payload["contract"]["sampling_rate"] == 100.0
+    assert payload["contract"]["sampling_rate"] == 500.0
     assert payload["contract"]["channel_names"] == list(STANDARD_LEADS)
     assert payload["training_data"]["split"] == "train"
-    assert payload["training_data"]["store"] == str(trained["data"] / "p100")
-    assert payload["training_data"]["records"] == len(Store(trained["data"] / "p100").split("train"))
+    assert payload["training_data"]["store"] == str(trained["data"] / "p500")
+    assert payload["training_data"]["records"] == len(Store(trained["data"] / "p500").split("train"))
 
 
-def test_an_encoder_pretrained_at_100_hz_is_refused_on_a_250_hz_store(trained, tmp_path, capsys):
+def test_an_encoder_pretrained_at_500_hz_is_refused_on_a_250_hz_store(trained, tmp_path, capsys):
     code = finetune(trained, tmp_path, "p250", 250, f"model.pretrained_weights={trained['encoder']}")
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert "Traceback" not in err and err.count("Error:") == 1, err[-2000:]
-    assert "sampling_rate: 100.0 (trained) vs 250.0 (this data)" in err
+    assert "sampling_rate: 500.0 (trained) vs 250.0 (this data)" in err
     assert "data.contract_mismatch=warn" in err
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
 
@@ -97,7 +97,7 @@ def test_contract_mismatch_warn_uses_the_encoder_and_logs_the_difference(trained
                     "data.contract_mismatch=warn")
     assert code == 0
     log = (tmp_path / "run" / "finetune.log").read_text()
-    assert "data.contract_mismatch=warn" in log and "sampling_rate: 100.0 (trained) vs 250.0" in log
+    assert "data.contract_mismatch=warn" in log and "sampling_rate: 500.0 (trained) vs 250.0" in log
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pretrained_weights"] == str(trained["encoder"])
 
 
@@ -105,21 +105,21 @@ def test_a_checkpoint_is_refused_for_evaluation_on_data_prepared_differently(tra
     code = finetune(trained, tmp_path, "p250", 250, "eval_only=true", f"ckpt_path={trained['checkpoint']}")
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("Error:") == 1 and "checkpoint" in err and "sampling_rate: 100.0 (trained) vs 250.0" in err
+    assert err.count("Error:") == 1 and "checkpoint" in err and "sampling_rate: 500.0 (trained) vs 250.0" in err
 
 
 def test_finetuning_warns_when_the_encoder_was_pretrained_on_its_test_patients(trained, tmp_path):
-    """A second store shares one patient (under other record ids) with p100's train split: that
+    """A second store shares one patient (under other record ids) with p500's train split: that
     patient's records are in the new store's test split, and the run says so and records it."""
-    p100 = Store(trained["data"] / "p100")
-    leaked = trained["patients"][int(p100.split("train")[0])]
+    p500 = Store(trained["data"] / "p500")
+    leaked = trained["patients"][int(p500.split("train")[0])]
     patients = [f"q{i}" for i in range(N)]
     patients[0] = leaked
     splits = make_splits(N, None, groups=patients, val=0.2, test=0.2, folds=2, seed=0)
     splits = {**splits, "train": [i for i in splits["train"] if i != 0], "val": [i for i in splits["val"] if i != 0],
               "test": sorted(set(splits["test"]) | {0})}
     ecg_store(trained["data"] / "leaky", record_prefix="other", patients=patients, seed=2, splits=splits)
-    assert finetune(trained, tmp_path, "leaky", 100, f"model.pretrained_weights={trained['encoder']}") == 0
+    assert finetune(trained, tmp_path, "leaky", 500, f"model.pretrained_weights={trained['encoder']}") == 0
     log = (tmp_path / "run" / "finetune.log").read_text()
     assert "was trained on records this run evaluates on (its test split)" in log
     assert f"shared patients: 1 ({leaked})" in log
@@ -128,7 +128,7 @@ def test_finetuning_warns_when_the_encoder_was_pretrained_on_its_test_patients(t
 
 
 def test_finetuning_on_the_pretraining_store_finds_no_overlap(trained, tmp_path):
-    assert finetune(trained, tmp_path, "p100", 100, f"model.pretrained_weights={trained['encoder']}") == 0
+    assert finetune(trained, tmp_path, "p500", 500, f"model.pretrained_weights={trained['encoder']}") == 0
     assert "evaluates on" not in (tmp_path / "run" / "finetune.log").read_text()
     overlap = json.loads((tmp_path / "run" / "metrics.json").read_text())["pretraining_overlap"]
     assert overlap == {"records": 0, "patients": 0}

@@ -326,3 +326,15 @@ def test_packaged_cardiosoft_xml_ingests_as_ukb_ecg_in_mv_with_its_statements(tm
     assert any("brady" in name.lower() for name in store.label_names), store.label_names
     ok, peaks = plausible_mv(store)
     assert ok, peaks
+
+
+def test_raw_data_a_reader_cannot_use_at_all_is_one_message(tmp_path, capsys):
+    """A tensor file that needs pickle to load (here a NumPy array) is refused, not loaded."""
+    import torch
+
+    torch.save({"data": np.zeros((2, 12, 100))}, tmp_path / "x.pt")
+    code = ingest.main(["reference_pt", "--raw", str(tmp_path), "--signals", "x.pt", "--native-rate", "500",
+                        "--out", str(tmp_path / "store"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert "reference_pt: cannot index" in err

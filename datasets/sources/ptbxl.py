@@ -107,12 +107,16 @@ def read_wfdb_signal(record: str) -> Signal:
     import wfdb  # imported here: workers import it once, index() never needs it
 
     try:
-        _check_file_sizes(wfdb.rdheader(record), os.path.dirname(record))
         samples, fields = wfdb.rdsamp(record)
-    except BadRecord:
-        raise
     except Exception as e:  # wfdb raises many types; the reason says which case before any detail
-        raise BadRecord(wfdb_failure_reason(e)) from None
+        reason = wfdb_failure_reason(e)
+        try:  # a truncated signal file fails with whatever error the cut causes: say so instead
+            _check_file_sizes(wfdb.rdheader(record), os.path.dirname(record))
+        except BadRecord as truncated:
+            reason = str(truncated)
+        except Exception:  # noqa: BLE001 - the header is unreadable too: the first reason stands
+            pass
+        raise BadRecord(reason) from None
     if samples is None or samples.ndim != 2 or samples.shape[1] == 0:
         raise BadRecord("the WFDB record holds no signals")
     if fields.get("sig_len") and samples.shape[0] != fields["sig_len"]:
