@@ -388,3 +388,62 @@ def test_a_pretraining_stopped_by_usr1_resumes_mid_epoch_in_the_requeued_job(clu
     assert f"resumed from {run_dir}/checkpoints/last.pt" in out
     assert os.listdir(cluster.log_root / "slurm") == ["4242"] and (run_dir / "metrics.json").exists()
     assert cluster.requeued() == ["4242"]
+
+
+# ---- ingest_array.sbatch: one shard per array task, requeued at the time-limit warning, then the merge ----
+def test_ingest_array_tasks_and_the_merge_write_the_store_of_one_ingest(cluster, tmp_path):
+    """Two array tasks ingest a small WFDB tree as shards 1/2 and 2/2; task 2 is stopped by the
+    time-limit warning while a record blocks (its header is a FIFO), keeps its finished chunks and
+    is requeued; rerun, it continues; the merge then writes the same store as one plain ingest."""
+    from test_ingest import ingest_process, mimic_tree, store_files
+
+    raw = mimic_tree(tmp_path / "raw")
+    reference = tmp_path / "reference"
+    proc = ingest_process(raw, reference)
+    assert proc.wait(timeout=TIMEOUT) == 0, proc.communicate()
+    blocked = next(raw.glob("files/**/s40000013/40000013.hea"))  # in shard 2's second chunk
+    real = blocked.read_bytes()
+    blocked.unlink()
+    os.mkfifo(blocked)
+    out = tmp_path / "mimic"
+    options = ["mimic_iv_ecg", "--raw", str(raw), "--out", str(out), "--val", "0.2", "--test", "0.2", "--folds", "2",
+               "--train-subsample", "0.5", "--chunk", "4"]
+
+    def task(k, **env):
+        args = ["bash", os.path.join(SCRIPTS, "ingest_array.sbatch"), *options]
+        env = {**cluster.env, "SLURM_ARRAY_JOB_ID": "900", "SLURM_ARRAY_TASK_ID": str(k), "SLURM_ARRAY_TASK_COUNT": "2",
+               "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "2", "SLURM_CPUS_PER_TASK": "1", **env}
+        return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    rc, log = cluster.finish(task(1))
+    assert rc == 0, log[-3000:]
+    proc = task(2)
+    shard = tmp_path / "mimic.parts" / "shard_2_of_2"
+    deadline = time.time() + TIMEOUT
+    while not (shard / "chunk_000000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.5)  # the worker now waits in the FIFO
+    proc.send_signal(signal.SIGUSR1)
+    rc, log = cluster.finish(proc)
+    assert rc == 0 and cluster.requeued() == ["900_2"], log[-3000:]
+    assert "the chunks finished so far are kept" in log
+    blocked.unlink()
+    blocked.write_bytes(real)
+    rc, log = cluster.finish(task(2, SLURM_RESTART_COUNT="1"))
+    assert rc == 0 and "1 of 3 chunk(s) of shard 2/2 are done already" in log, log[-3000:]
+    merge = subprocess.run(["bash", os.path.join(SCRIPTS, "ingest_array.sbatch"), "merge", "--out", str(out), "--quiet"],
+                           cwd=tmp_path, env={**cluster.env, "SLURM_JOB_ID": "901"}, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    assert store_files(out) == store_files(reference)
+
+
+def test_ingest_array_refuses_an_array_that_does_not_start_at_1(cluster, tmp_path):
+    args = ["bash", os.path.join(SCRIPTS, "ingest_array.sbatch"), "mimic_iv_ecg", "--raw", str(tmp_path),
+            "--out", str(tmp_path / "x")]
+    env = {**cluster.env, "SLURM_ARRAY_JOB_ID": "900", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2",
+           "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1"}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2 and "the array must be 1-N" in done.stderr
