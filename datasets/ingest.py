@@ -36,6 +36,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -173,10 +174,104 @@ def _init_worker(reader: Any) -> None:
     global _READER
     _READER = reader
     # Ctrl-C and SIGUSR1 (to the whole process group) are the main process's to handle: it stops the
-    # pool and keeps the chunks done so far. SIGTERM keeps its default, so that the pool can stop us.
+    # workers and keeps the chunks done so far. SIGTERM keeps its default.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _worker_loop(tasks: Any, results: Any, reader: Any, inherited: list) -> None:
+    # the main process's pipe ends copied by fork: closed here so that EOF and broken pipes reach
+    # whoever is at the other end when the main process or a worker dies
+    for pipe in inherited:
+        pipe.close()
+    _init_worker(reader)
+    while True:
+        try:
+            task = tasks.recv()
+        except EOFError:  # the main process is gone
+            return
+        if task is None:
+            return
+        try:
+            results.send(_prepare(task))
+        except OSError:  # the main process is gone
+            return
+
+
+class Workers:
+    """``n`` forked processes, each with its own two pipes: task i goes to worker i % n and its result
+    comes back on that worker's result pipe, so results are read in task order. No lock or queue is
+    shared, so a worker that dies (killed by the OS when out of memory, say) is an error rather than a
+    hang, and stopping them (kill, join) cannot deadlock, as ``multiprocessing.Pool.terminate`` can.
+    The pipes are one-way OS pipes, not socket pairs: a dead worker's unread results can still be
+    read, then EOF."""
+
+    AHEAD = 2  # tasks queued per worker beyond the one it works on
+
+    def __init__(self, n: int, reader: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self.processes, self.task_pipes, self.result_pipes = [], [], []
+        for _ in range(n):
+            task_out, task_in = context.Pipe(duplex=False)
+            result_out, result_in = context.Pipe(duplex=False)
+            inherited = self.task_pipes + self.result_pipes + [task_in, result_out]
+            process = context.Process(target=_worker_loop, args=(task_out, result_in, reader, inherited),
+                                      daemon=True)
+            process.start()
+            task_out.close()
+            result_in.close()
+            self.processes.append(process)
+            self.task_pipes.append(task_in)
+            self.result_pipes.append(result_out)
+
+    def imap(self, tasks):
+        """Yield ``_prepare(task)`` for each task, in order."""
+        numbered, waiting = enumerate(tasks), deque()
+
+        def send_next() -> None:
+            for i, task in numbered:
+                worker = i % len(self.processes)
+                try:
+                    self.task_pipes[worker].send(task)
+                except OSError:  # a broken pipe: the worker is gone, but results it sent may still be
+                    pass         # in the pipe; its recv below yields those first, then EOF
+                waiting.append(worker)
+                return
+
+        for _ in range((self.AHEAD + 1) * len(self.processes)):
+            send_next()
+        while waiting:
+            worker = waiting.popleft()
+            try:
+                result = self.result_pipes[worker].recv()
+            except (EOFError, OSError):
+                self._died(worker)
+            send_next()
+            yield result
+
+    def _died(self, worker: int) -> None:
+        self.processes[worker].join(5)
+        raise StoreError(f"an ingest worker process died (exit code {self.processes[worker].exitcode}; -9 is usually "
+                         "the system killing it for lack of memory): rerun the same command, with fewer --workers "
+                         "if memory is short; the chunks done so far are kept")
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for task_pipe, process in zip(self.task_pipes, self.processes):
+            if exc_type is None:
+                try:
+                    task_pipe.send(None)  # done: let it exit
+                except OSError:
+                    pass
+            else:
+                process.kill()  # stopped or failed: the chunks written so far are what counts
+        for process in self.processes:
+            process.join()
+        for pipe in self.task_pipes + self.result_pipes:
+            pipe.close()
 
 
 def _prepare(task: tuple) -> tuple:
@@ -251,10 +346,8 @@ def _ingest_chunks(options: argparse.Namespace, reader: Any, refs: list, mine: l
                  len(chunks), k, n)
     progress = _progress(sum(len(chunks[c]) for c in todo), f"{options.source} {k}/{n}", options.quiet)
     tasks = ((p, refs[p], options, cls.modality) for c in todo for p in chunks[c])
-    per_task = max(1, min(16, options.chunk // (4 * options.workers)))
-    with multiprocessing.get_context("fork").Pool(options.workers, initializer=_init_worker,
-                                                   initargs=(reader,)) as pool:
-        results = pool.imap(_prepare, tasks, chunksize=per_task)  # in order; workers run ahead of the writes
+    with Workers(options.workers, reader) as workers:
+        results = workers.imap(tasks)  # in order; the workers run ahead of the writes
         for c in todo:
             done = [next(results) for _ in chunks[c]]
             _write_chunk(folder, c, refs, done, options, cls.modality)

@@ -338,3 +338,27 @@ def test_raw_data_a_reader_cannot_use_at_all_is_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
     assert "reference_pt: cannot index" in err
+
+
+def test_a_worker_killed_by_the_system_is_one_error_and_the_rerun_completes(raw, reference, tmp_path, capsys,
+                                                                             monkeypatch):
+    """A worker that dies (as the out-of-memory killer does it: SIGKILL) stops the ingest with one
+    message instead of a hang; the rerun continues from the chunks written before."""
+    from datasets.sources.mimic_iv_ecg import MimicIVECGSource
+
+    real_read = MimicIVECGSource.read
+
+    def dies_on_the_tenth(self, ref):
+        if ref.record_id == "40000009":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_read(self, ref)
+
+    monkeypatch.setattr(MimicIVECGSource, "read", dies_on_the_tenth)  # the forked workers inherit it
+    out = tmp_path / "mimic"
+    assert run("--raw", raw, "--out", out, "--workers", 2, "--chunk", 4) == 2
+    err = capsys.readouterr().err
+    assert err.count("Error:") == 1 and "worker process died (exit code -9" in err, err
+    assert (tmp_path / "mimic.parts" / "shard_1_of_1" / "chunk_000001.json").exists()
+    monkeypatch.setattr(MimicIVECGSource, "read", real_read)
+    assert run("--raw", raw, "--out", out, "--workers", 2, "--chunk", 4) == 0
+    assert store_files(out) == store_files(reference)
