@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from util import distributed
 from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpoint
+from util.collectives import convert_sync_batchnorm
 from util.cli import EXTRAS_SCHEMA
 from util.config import Config, instantiate, locate, parse_override, to_yaml
 from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision
@@ -190,6 +191,9 @@ def build_objective(cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module
     if not isinstance(objective, torch.nn.Module) or not hasattr(objective, "param_groups"):
         raise ConfigError(f"model._target_ {model_cfg['_target_']} is not an objective (models/objectives.py)")
     objective.command_line_keys = frozenset(_command_line_keys(cfg, "model"))
+    if rt.world_size > 1 and getattr(objective, "sync_batchnorm", False):  # batch statistics over all ranks
+        objective = convert_sync_batchnorm(objective, rt.device)
+        log.info("batch norms synchronised over the %d ranks", rt.world_size)
     n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     log.info("%s %s: %.2fM trainable parameters; device %s, precision %s", type(objective).__name__,
              model_cfg.get("size", ""), n_params / 1e6, rt.device, rt.precision.name)

@@ -26,7 +26,7 @@ import torch
 
 from datasets.augment import CONFIG_SCHEMA as AUGMENT_SCHEMA
 from datasets.augment import build_ecg_transforms
-from datasets.loading import DataInfo, InputSpec, KeyedDataset
+from datasets.loading import DataInfo, InputSpec, KeyedDataset, StoreSource, label_tensor
 from datasets.store import Store, StoreError, open_store
 from util.schema import AnyOf, Float, Int, List, Str
 
@@ -103,19 +103,10 @@ class ECGDataset(KeyedDataset):
         x = torch.from_numpy(window.astype(np.float32, copy=False))  # (n_leads, time_steps)
         if self.transform is not None:
             x = self.transform(x, generator)
-        return {FIELD: x.unsqueeze(0), "label": self.target(record)}
-
-    def target(self, record: int) -> torch.Tensor:
-        """The label of store row ``record`` as a tensor (see the module docstring)."""
-        labels = self.store.labels
-        if labels is None:
-            return torch.zeros(0)
-        if self.store.task_type == "multiclass":
-            return torch.tensor(int(labels[record]), dtype=torch.long)
-        return torch.from_numpy(np.array(labels[record], dtype=np.float32))
+        return {FIELD: x.unsqueeze(0), "label": label_tensor(self.store, record)}
 
 
-class ECGSource:
+class ECGSource(StoreSource):
     """The ECG data kind for ``datasets.build_data`` (see ``datasets.loading`` for the protocol).
 
     Reads ``data.`` build_demo, data_root, dataset_key, expected_leads, expected_sampling_rate,
@@ -144,23 +135,12 @@ class ECGSource:
         self.device_transforms = {FIELD: batch_transform} if batch_transform is not None else {}
         self._probe = self.dataset(np.zeros(0, dtype=np.int64), train=False)  # checks time_steps and leads now
 
-    def split(self, name: str) -> np.ndarray:
-        return self.store.split(name)
-
-    def nonfinite_records(self) -> np.ndarray:
-        return self.store.nonfinite_records()
-
-    def record_ids(self, indices) -> list[str]:
-        return [self.store.record_ids[int(i)] for i in indices]
-
     def dataset(self, records: np.ndarray, train: bool) -> ECGDataset:
         return ECGDataset(self.store, records, time_steps=self.time_steps, leads=self.leads, train=train,
                           transform=self.train_transform if train else None, seed=self.seed)
 
     def info(self, train_records: Optional[np.ndarray]) -> DataInfo:
-        labels = None
-        if self.store.labels is not None and train_records is not None:
-            labels = np.asarray(self.store.labels[np.sort(train_records)])
+        labels = self.train_labels(train_records)
         spec = InputSpec(shape=(1, len(self._probe.lead_index), self.time_steps),
                          channel_names=list(self._probe.lead_names), sampling_rate=self.store.sampling_rate)
         contract = {**self.store.contract, "channel_names": list(self._probe.lead_names)}  # the leads fed in

@@ -37,8 +37,8 @@ from util.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "EpochIndexSampler", "resolve_split", "train_subset",
-           "split_records", "make_loader", "build_loaders", "shutdown_workers"]
+__all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "StoreSource", "label_tensor", "EpochIndexSampler",
+           "resolve_split", "train_subset", "split_records", "make_loader", "build_loaders", "shutdown_workers"]
 
 
 # the loader keys of configs/data/default.yaml, shared by every data kind
@@ -108,6 +108,39 @@ class KeyedDataset(Dataset):
         sample["key"] = torch.tensor(key, dtype=torch.int64)
         sample["index"] = torch.tensor(int(index), dtype=torch.int64)
         return sample
+
+
+def label_tensor(store: Any, record: int) -> torch.Tensor:
+    """The label of row ``record`` of a ``datasets.store.Store`` as a sample's ``label``: float32 (C,)
+    multi-hot / regression row, int64 scalar (multiclass), or zeros(0) (a store without labels)."""
+    labels = store.labels
+    if labels is None:
+        return torch.zeros(0)
+    if store.task_type == "multiclass":
+        return torch.tensor(int(labels[record]), dtype=torch.long)
+    return torch.from_numpy(np.array(labels[record], dtype=np.float32))
+
+
+class StoreSource:
+    """Base of the sources that read one dataset store (``self.store``): the store side of the
+    source protocol (splits, non-finite records and their ids, the training labels)."""
+
+    store: Any
+
+    def split(self, name: str) -> np.ndarray:
+        return self.store.split(name)
+
+    def nonfinite_records(self) -> np.ndarray:
+        return self.store.nonfinite_records()
+
+    def record_ids(self, indices) -> list[str]:
+        return [self.store.record_ids[int(i)] for i in indices]
+
+    def train_labels(self, train_records: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """The labels of the training records (class / pos weights), or None."""
+        if self.store.labels is None or train_records is None:
+            return None
+        return np.asarray(self.store.labels[np.sort(train_records)])
 
 
 class EpochIndexSampler(Sampler):

@@ -23,6 +23,8 @@ The contract the engine and the mains rely on (``Objective`` gives a default for
                                              does any work (``util.schema``; None: unchecked)
     command_line_keys                        the model keys the user set on the command line (the engine
                                              sets it), e.g. so an explicitly given file must exist
+    sync_batchnorm                           True: under DDP its batch norms use the global batch's
+                                             statistics (the engine converts them; default False)
 
 A model config names its objective with ``_target_`` and is instantiated with one extra keyword,
 ``data``: the data side's description of the batches (``datasets.loading.DataInfo``: input fields
@@ -82,6 +84,7 @@ class Objective(nn.Module):
 
     headline_metrics: Optional[tuple[str, ...]] = None
     command_line_keys: frozenset = frozenset()
+    sync_batchnorm: bool = False
 
     def __init__(self, optim: Mapping[str, Any]) -> None:
         super().__init__()
@@ -124,6 +127,18 @@ class Objective(nn.Module):
     def exports(self) -> dict[str, dict]:
         return {}
 
+    # -- what a pretraining objective's encoder file records about its data --------------------------
+    def remember_training_data(self, data: Any) -> None:
+        """Keep the data's contract (fine-tuning checks it) and the training records (fine-tuning warns
+        when they overlap its test split) for ``encoder_export``."""
+        self.data_contract = dict(getattr(data, "contract", None) or {})
+        self.training_data = dict((getattr(data, "splits", None) or {}).get("train") or {})
+
+    def encoder_export(self, state_dict: dict) -> dict:
+        """An encoder file's payload: ``{'model': state_dict}`` (the released MMCL layout), plus its data's
+        ``contract`` and ``training_data`` (store, split, records)."""
+        return {"model": state_dict, "contract": self.data_contract, "training_data": self.training_data}
+
 
 # ---- MAE ---------------------------------------------------------------------------------------------
 class MAEPretraining(Objective):
@@ -145,10 +160,7 @@ class MAEPretraining(Objective):
         self.field, spec = single_input(data)
         self.row_names = list(spec.channel_names or [])
         self.net = build_network(arch, "mae", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
-        # what the encoder file records about its data: fine-tuning checks the first and warns about the
-        # second overlapping its test split
-        self.data_contract = dict(getattr(data, "contract", None) or {})
-        self.training_data = dict((getattr(data, "splits", None) or {}).get("train") or {})
+        self.remember_training_data(data)
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         out = self.net(batch[self.field], generator=generator, sample_keys=batch["key"])
@@ -159,8 +171,7 @@ class MAEPretraining(Objective):
                                                  generator)}
 
     def exports(self) -> dict[str, dict]:
-        return {"encoder.pth": {"model": self.net.encoder_state_dict(), "contract": self.data_contract,
-                                "training_data": self.training_data}}
+        return {"encoder.pth": self.encoder_export(self.net.encoder_state_dict())}
 
 
 def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator):
