@@ -3,7 +3,9 @@
 A store folder holds::
 
     signals.npy     (N, leads, T) float16/float32, ECG in millivolts      } exactly one of
-    images.npy      (N, H, W) or (N, C, H, W) uint8/float16/float32 (CMR) } the two
+    images.npy      (N, H, W) or (N, C, H, W) uint8/float16/float32 (CMR) } the three
+    image_paths.txt (CMR, live loading) one image file per line, relative to }
+                    the store folder or absolute: .npy, .png/.jpg, .nii(.gz), .dcm (``read_image_file``)
     labels.npy      (N, C) multi-hot | (N,) class index | (N,) or (N, C) regression float
                     (absent when task_type is null)
     record_ids.txt  one unique id per line, row i of every array belongs to id i
@@ -47,6 +49,7 @@ TASK_TYPES = ("multilabel", "multiclass", "regression", None)
 REQUIRED_INFO = ("format_version", "modality", "task_type", "label_names", "units", "provenance", "synthetic")
 REQUIRED_ECG_INFO = ("sampling_rate", "lead_names")
 ARRAY_FILE = {"ecg": "signals.npy", "cmr": "images.npy"}
+LIVE_FILE = "image_paths.txt"
 ARRAY_DTYPES = {"signals.npy": ("float16", "float32"), "images.npy": ("uint8", "float16", "float32")}
 _CHUNK_ROWS = 65536  # rows per chunk when scanning labels
 
@@ -106,9 +109,18 @@ class Store:
         if (self.root / other).exists():
             raise StoreError(f"{self.root} holds {other} but info.json says modality '{self.modality}'; "
                              f"a store holds one modality: remove {other} or fix info.json")
-        self.shape, self.dtype, self._offset = _npy_header(self._need(self.array_file))
-        self.n = self.shape[0]
-        self._check_array()
+        # a CMR store may list image files instead of holding an array: they are read on use
+        self.live = self.modality == "cmr" and not (self.root / self.array_file).exists() \
+            and (self.root / LIVE_FILE).is_file()
+        self.image_paths: Optional[list[str]] = None
+        if self.live:
+            self.array_file = LIVE_FILE
+            self.image_paths = self._read_image_paths()
+            self.n, self.shape, self.dtype, self._offset = len(self.image_paths), (len(self.image_paths),), None, 0
+        else:
+            self.shape, self.dtype, self._offset = _npy_header(self._need(self.array_file))
+            self.n = self.shape[0]
+            self._check_array()
         self.record_ids = self._read_record_ids()
         self.patient_ids = self._read_optional_lines("patient_ids.txt")
         self._labels_shape = None
@@ -187,6 +199,17 @@ class Store:
         elif len(self.shape) not in (3, 4):
             self._fail(f"images.npy has shape {self.shape}; expected (N, H, W) or (N, C, H, W)")
 
+    def _read_image_paths(self) -> list[str]:
+        paths = (self.root / LIVE_FILE).read_text().splitlines()
+        if any(not p or p != p.strip() for p in paths):
+            self._fail(f"{LIVE_FILE} has an empty line or a path with surrounding whitespace")
+        return paths
+
+    def image_path(self, i: int) -> Path:
+        """The file of record ``i`` of a live-loading store (paths are relative to the store folder)."""
+        path = Path(self.image_paths[int(i)])
+        return path if path.is_absolute() else self.root / path
+
     def _read_record_ids(self) -> list[str]:
         ids = self._need("record_ids.txt").read_text().splitlines()
         if len(ids) != self.n:
@@ -218,6 +241,8 @@ class Store:
         lines = self._read_optional_lines("content_hashes.txt")
         if lines is not None:
             return lines
+        if self.live:  # the files' bytes
+            return [content_hash(np.fromfile(self.image_path(i), dtype=np.uint8)) for i in range(self.n)]
         path = self.root / self.array_file
         shape, dtype, offset = _npy_header(path)
         per_row = int(np.prod(shape[1:]))
@@ -339,6 +364,8 @@ class Store:
         they are found by one scan of the files (flat memory) and cached in ``.nonfinite.json``."""
         if "nonfinite_records" in self.info:
             return np.asarray(self.info["nonfinite_records"], dtype=np.int64)
+        if self.live:  # not scanned (that would read every file): a bad image is refused when read
+            return np.zeros(0, dtype=np.int64)
         cache = self.root / ".nonfinite.json"
         files = [self.root / self.array_file] + ([self.root / "labels.npy"] if self.task_type is not None else [])
         stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
@@ -392,11 +419,14 @@ class Store:
         """Sample ``i`` in its stored dtype, reading only the bytes asked for.
 
         ECG: ``(len(rows), stop - start)`` = leads ``rows`` (default all) of samples ``[start, stop)``.
-        CMR: the whole image, ``(H, W)`` or ``(C, H, W)`` (``start/stop/rows`` not used).
+        CMR: the whole image, ``(H, W)`` or ``(C, H, W)`` (``start/stop/rows`` not used); a live-loading
+        store reads its file (``read_image_file``: float32, intensities as in the file).
         """
         i = int(i)
         if not 0 <= i < self.n:
             raise IndexError(f"record index {i} out of range [0, {self.n})")
+        if self.live:
+            return read_image_file(self.image_path(i))
         fd = self._file()
         item = self.dtype.itemsize
         if self.modality != "ecg":
@@ -449,6 +479,51 @@ def content_hash(values: np.ndarray) -> str:
     import hashlib
 
     return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).hexdigest()
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """One 2-D image from a file as float32 ``(H, W)`` (or ``(C, H, W)`` for colour files), values as
+    stored: ``.npy`` (2-D or C x H x W), ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` / ``.tif(f)``
+    (Pillow), ``.nii`` / ``.nii.gz`` (nibabel: a 2-D image, the middle slice of a 3-D volume, the
+    middle slice of the first frame of a 4-D cine), ``.dcm`` (pydicom: the first frame). Raises
+    ``StoreError`` naming the file when it cannot be read."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".npy"):
+            data = np.load(path, allow_pickle=False)
+        elif name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            volume = nib.load(str(path)).dataobj
+            index = tuple([slice(None), slice(None)] + ([volume.shape[2] // 2] if len(volume.shape) > 2 else [])
+                          + [0] * max(len(volume.shape) - 3, 0))
+            data = np.asarray(volume[index])
+        elif name.endswith(".dcm"):
+            import pydicom
+
+            data = pydicom.dcmread(str(path)).pixel_array
+            if data.ndim == 3 and data.shape[-1] not in (3, 4):
+                data = data[0]  # multi-frame: the first
+        elif name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
+            from PIL import Image as PILImage  # Pillow: installed with matplotlib and torchvision
+
+            with PILImage.open(path) as image:
+                data = np.asarray(image)
+        else:
+            raise StoreError(f"cannot read image {path}: unknown file type (use .npy, .png, .jpg, .nii, .nii.gz "
+                             "or .dcm)")
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is this file's problem
+        raise StoreError(f"cannot read image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from None
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] not in (1, 3, 4):
+        data = np.moveaxis(data[..., :3], -1, 0)  # H x W x RGB(A) -> 3 x H x W
+    if data.ndim not in (2, 3):
+        raise StoreError(f"image {path} has shape {data.shape}; expected a 2-D image")
+    return data
 
 
 def _nonfinite_rows(path: Path, rows_per_chunk: int = 256) -> np.ndarray:
@@ -540,17 +615,21 @@ def _publish(tmp: Path, root: Path, overwrite: bool) -> Path:
     return root
 
 
-def write_store(root: str | os.PathLike, *, signals=None, images=None, labels, record_ids, splits: dict,
-                info: dict, dtype=None, overwrite: bool = False, patient_ids=None) -> Path:
+def write_store(root: str | os.PathLike, *, signals=None, images=None, image_paths=None, labels, record_ids,
+                splits: dict, info: dict, dtype=None, overwrite: bool = False, patient_ids=None) -> Path:
     """Write in-memory arrays as a store at ``root`` (atomically); returns ``root``.
 
-    signals: (N, leads, T) in mV (ECG) or images: (N, H, W) / (N, C, H, W) (CMR); exactly one.
-    labels: (N, C) / (N,) or None; splits: {name: indices}; info: see the module docstring
-    (``format_version`` and ECG ``units`` default to 1 and 'mV'). dtype: stored dtype (default:
-    the array's own, float32 for float64).
+    signals: (N, leads, T) in mV (ECG) or images: (N, H, W) / (N, C, H, W) (CMR) or image_paths: N
+    image files (a CMR store loaded live, see ``read_image_file``; relative paths are relative to
+    ``root``); exactly one. labels: (N, C) / (N,) or None; splits: {name: indices}; info: see the
+    module docstring (``format_version`` and ECG ``units`` default to 1 and 'mV'). dtype: stored
+    dtype (default: the array's own, float32 for float64).
     """
-    if (signals is None) == (images is None):
-        raise StoreError("write_store needs exactly one of signals= (ECG) or images= (CMR)")
+    if sum(x is not None for x in (signals, images, image_paths)) != 1:
+        raise StoreError("write_store needs exactly one of signals= (ECG), images= or image_paths= (CMR)")
+    if image_paths is not None:
+        return _write_live_store(Path(root), [str(p) for p in image_paths], labels=labels, record_ids=record_ids,
+                                 splits=splits, info=info, overwrite=overwrite, patient_ids=patient_ids)
     kind = "signals" if signals is not None else "images"
     array = np.asarray(signals if signals is not None else images)
     dtype = dtype or (np.float32 if array.dtype == np.float64 else array.dtype)
@@ -559,6 +638,24 @@ def write_store(root: str | os.PathLike, *, signals=None, images=None, labels, r
         writer.write_batch(0, array)
         return writer.finish(labels=labels, record_ids=record_ids, splits=splits, info=info,
                              patient_ids=patient_ids)
+
+
+def _write_live_store(root: Path, image_paths: list, *, labels, record_ids, splits, info, overwrite,
+                      patient_ids) -> Path:
+    _check_target(root, overwrite)
+    if any(not p or p != p.strip() or "\n" in p for p in image_paths):
+        raise StoreError("image_paths must be file paths without surrounding whitespace or newlines")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(root)
+    tmp.mkdir()
+    try:
+        (tmp / LIVE_FILE).write_text("".join(p + "\n" for p in image_paths))
+        _write_meta(tmp, n=len(image_paths), labels=labels, record_ids=record_ids, splits=splits,
+                    info={"modality": "cmr", **info}, patient_ids=patient_ids)
+        return _publish(tmp, root, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class StoreWriter:
