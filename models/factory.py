@@ -6,6 +6,9 @@
     signal_vit   encoder       models.vit.SignalViT                  models.vit.VIT_SIZES
                  mae           models.mae.SignalMAE                  (encoder + decoder columns)
                  classifier    models.classifier.ECGClassifier
+    resnet       encoder       models.resnet.ResNetEncoder           models.resnet.RESNET_SIZES
+                 simclr        models.resnet.ResNetSimCLR            (resnet18, resnet50)
+                 classifier    models.resnet.ResNetClassifier
 
 The size's columns that the network takes are applied first, then ``kwargs`` (which may override
 them); YAML lists become tuples for ``input_size`` / ``patch_size``. An unknown arch, role, size or
@@ -20,6 +23,7 @@ import torch.nn as nn
 
 from models.classifier import CLASSIFIER_PARAMS, ECGClassifier
 from models.mae import MAE_PARAMS, SignalMAE
+from models.resnet import RESNET_PARAMS, RESNET_SIZES, ResNetClassifier, ResNetEncoder, ResNetSimCLR
 from models.vit import VIT_PARAMS, VIT_SIZES, SignalViT
 from util.schema import Choice, Spec, optional
 
@@ -27,9 +31,12 @@ __all__ = ["NETWORKS", "SIZE_TABLES", "build_network", "network_schema"]
 
 NETWORKS: dict[str, dict[str, type]] = {
     "signal_vit": {"encoder": SignalViT, "mae": SignalMAE, "classifier": ECGClassifier},
+    "resnet": {"encoder": ResNetEncoder, "simclr": ResNetSimCLR, "classifier": ResNetClassifier},
 }
-SIZE_TABLES: dict[str, dict[str, dict[str, int]]] = {"signal_vit": VIT_SIZES}
-PARAMS: dict[type, dict[str, Spec]] = {SignalViT: VIT_PARAMS, SignalMAE: MAE_PARAMS, ECGClassifier: CLASSIFIER_PARAMS}
+SIZE_TABLES: dict[str, dict[str, dict[str, int]]] = {"signal_vit": VIT_SIZES, "resnet": RESNET_SIZES}
+PARAMS: dict[type, dict[str, Spec]] = {SignalViT: VIT_PARAMS, SignalMAE: MAE_PARAMS, ECGClassifier: CLASSIFIER_PARAMS,
+                                       ResNetEncoder: RESNET_PARAMS, ResNetSimCLR: RESNET_PARAMS,
+                                       ResNetClassifier: RESNET_PARAMS}
 _TUPLES = ("input_size", "patch_size")
 _FROM_DATA = ("input_size", "in_chans")  # set by the objective from the data's sample shape
 
@@ -39,7 +46,9 @@ def network_schema(arch: str, role: str) -> dict[str, Spec]:
     the network's arguments (all optional: the size preset and the constructor fill what is absent)."""
     if arch not in NETWORKS or role not in NETWORKS[arch]:
         return {}
-    params = {k: v for k, v in PARAMS[NETWORKS[arch][role]].items() if k not in _FROM_DATA}
+    cls = NETWORKS[arch][role]
+    accepted = inspect.signature(cls.__init__).parameters  # a family's rules may cover several networks
+    params = {k: v for k, v in PARAMS[cls].items() if k in accepted and k not in _FROM_DATA}
     return optional({"size": Choice(*SIZE_TABLES[arch]), **params})
 
 

@@ -17,6 +17,9 @@ Each loss is computed in float32 with autocast off, whatever precision the model
 ``ClassificationLoss``: cross-entropy (multiclass), BCE with logits (multilabel, binary), MSE
 (regression); ``pos_weight_from_labels`` / ``class_weights_from_labels`` derive weights from the
 training labels.
+
+``nt_xent`` (SimCLR): the 2N views of a batch, each view's positive is the other view of its sample and
+its negatives the other 2N - 2 views; under DDP the candidates come from every rank with gradients.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from util.collectives import all_gather_with_grad
 from util.schema import Choice, Float, validate_args
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ __all__ = [
     "ClassificationLoss",
     "pos_weight_from_labels",
     "class_weights_from_labels",
+    "nt_xent",
 ]
 
 LOSS_ON = ("masked", "all")
@@ -251,3 +256,28 @@ def class_weights_from_labels(labels: Any, num_classes: int) -> torch.Tensor:
     if not present.all():
         log.warning("class_weights: class(es) %s absent from the labels; weight 1.0", np.flatnonzero(~present).tolist())
     return torch.as_tensor(weight, dtype=torch.float32)
+
+
+# ---- contrastive -----------------------------------------------------------------------------------
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (Chen et al. 2020) of two views ``z1``, ``z2`` (B, D) of the same B samples.
+
+    With the embeddings L2-normalised and gathered from every rank into 2M rows (M = the global batch:
+    the first views of all ranks, then the second views), each local view ``i`` is an anchor with
+    ``loss_i = -log(exp(s(i, pos) / t) / sum_{k != i} exp(s(i, k) / t))`` over the 2M - 1 other
+    views; the result is the mean over this rank's 2B anchors. One process gives the textbook loss;
+    N ranks with DDP give the loss and gradients of one process on the concatenated batch."""
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = (F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in (z1, z2))
+        b = z1.shape[0]
+        g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
+        m = g1.shape[0]
+        rank = int(torch.distributed.get_rank()) if m != b else 0
+        candidates = torch.cat([g1, g2])  # (2M, D)
+        anchors = torch.cat([z1, z2])  # (2B, D): this rank's views
+        logits = anchors @ candidates.T / float(temperature)  # (2B, 2M)
+        local = torch.arange(b, device=z1.device) + rank * b
+        self_index = torch.cat([local, local + m])  # where each anchor sits among the candidates
+        positive = torch.cat([local + m, local])
+        logits = logits.masked_fill(F.one_hot(self_index, 2 * m).bool(), float("-inf"))
+        return F.cross_entropy(logits, positive)

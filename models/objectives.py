@@ -33,7 +33,8 @@ run keys it reads; every other key of the model config goes to the network build
 (``models.factory.build_network``), which refuses a key it does not know.
 
     MAEPretraining   signal masked autoencoder (ECG MAE pretraining)
-    Classification   classifier / regressor on an encoder (fine-tuning, linear probing)
+    SimCLR           two-view contrastive pretraining of an image encoder (CMR SimCLR)
+    Classification   classifier / regressor on an encoder (fine-tuning, linear probing; ECG or CMR)
 """
 from __future__ import annotations
 
@@ -48,16 +49,16 @@ import torch.nn as nn
 
 from models.classifier import mixup
 from models.factory import NETWORKS, build_network, network_schema
-from models.losses import TASK_TYPES, ClassificationLoss, class_weights_from_labels, pos_weight_from_labels
+from models.losses import TASK_TYPES, ClassificationLoss, class_weights_from_labels, nt_xent, pos_weight_from_labels
 from util import contract
 from util.errors import ConfigError
 from util.lr_decay import param_groups_lrd
-from util.metrics import MAIN_METRICS, bootstrap_ci, compute_metrics
-from util.schema import AnyOf, Anything, Bool, Choice, Float, List, Section, Spec, Str
+from util.metrics import MAIN_METRICS, MONITOR_METRICS, bootstrap_ci, compute_metrics, embedding_monitors
+from util.schema import AnyOf, Anything, Bool, Choice, Float, Int, List, Section, Spec, Str
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Objective", "MAEPretraining", "Classification", "single_input"]
+__all__ = ["Objective", "MAEPretraining", "SimCLR", "Classification", "single_input"]
 
 
 def single_input(data: Any) -> tuple[str, Any]:
@@ -199,6 +200,84 @@ def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, gene
     return fig
 
 
+# ---- SimCLR ------------------------------------------------------------------------------------------
+class SimCLR(Objective):
+    """SimCLR (Chen et al. 2020) on two views of each image: ``net`` is the ``arch`` family's ``simclr``
+    network (encoder + projection head) built from the remaining keys (``size``, ``projection_dim``,
+    ...); the loss is NT-Xent at ``temperature`` over the 2N views, with negatives from every rank.
+
+    Training reads ``view1`` / ``view2``. Validation also embeds the plain image (``cmr``: the encoder's
+    pooled features, not the projections) and, when the split has labels, reports how well they can be
+    read off those embeddings: leave-one-out kNN (``knn_k`` neighbours) and a logistic-regression probe
+    (``probe_folds``-fold cross-validation) on the validation split (``util.metrics.embedding_monitors``).
+    ``sync_batchnorm`` normalises over the global batch under DDP. ``exports()`` gives the encoder
+    (torchvision names, no projector) as ``encoder.pth``."""
+
+    VIEWS = ("view1", "view2")
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
+        return {**Objective.config_schema(model_cfg), "arch": Choice(*NETWORKS),
+                "temperature": Float(min=0, min_open=True), "sync_batchnorm": Bool(), "knn_k": Int(min=1),
+                "probe_folds": Int(min=2), **network_schema(model_cfg.get("arch"), "simclr")}
+
+    def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, temperature: float, sync_batchnorm: bool,
+                 knn_k: int, probe_folds: int, **network: Any) -> None:
+        super().__init__(optim)
+        missing = [v for v in self.VIEWS if v not in data.inputs]
+        if missing:
+            raise ConfigError(f"SimCLR trains on two views of each sample, but the data gives "
+                              f"{', '.join(data.inputs)}: set data.views=2")
+        spec = data.inputs["view1"]
+        self.net = build_network(arch, "simclr", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
+        self.temperature, self.sync_batchnorm = float(temperature), bool(sync_batchnorm)
+        self.knn_k, self.probe_folds = int(knn_k), int(probe_folds)
+        self.task_type = data.task_type
+        self.headline_metrics = ("loss", *(f"{m}_{k}" for m in ("knn", "probe")
+                                           for k in MONITOR_METRICS.get(self.task_type, ())))
+        self.remember_training_data(data)
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        z1, z2 = self.net(torch.cat([batch["view1"], batch["view2"]])).chunk(2)  # one pass: shared BN statistics
+        out = {"loss": nt_xent(z1, z2, self.temperature)}
+        if not self.training and "cmr" in batch and batch["label"].numel() > 0:
+            out["per_sample"] = {"embedding": self.net.forward_features(batch["cmr"]), "label": batch["label"]}
+        return out
+
+    def evaluation_metrics(self, gathered: dict[str, np.ndarray]) -> dict:
+        if "embedding" not in gathered or self.task_type is None:
+            return {}
+        return embedding_monitors(self.task_type, gathered["embedding"], gathered["label"], k=self.knn_k,
+                                  folds=self.probe_folds)
+
+    def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
+        return {"views": views_figure(batch["view1"][:6], batch["view2"][:6])}
+
+    def exports(self) -> dict[str, dict]:
+        return {"encoder.pth": self.encoder_export(self.net.encoder_state_dict())}
+
+
+def views_figure(view1: torch.Tensor, view2: torch.Tensor):
+    """The two augmented views of the first images of a batch, one column per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = view1.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+    for row, views in enumerate((view1, view2)):
+        for col in range(n):
+            image = views[col].float().cpu()
+            image = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+            axes[row, col].imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        axes[row, 0].set_ylabel(f"view {row + 1}")
+    fig.tight_layout()
+    return fig
+
+
 # ---- classification ------------------------------------------------------------------------------------
 class Classification(Objective):
     """A classifier (or regressor) on an encoder: ``net`` is the ``arch`` family's ``classifier``
@@ -209,7 +288,8 @@ class Classification(Objective):
     ``loss``: ``label_smoothing``, ``class_weights`` (null | balanced | list), ``pos_weight`` (from the
     training labels), ``mixup_alpha``. ``pretrained_weights`` initialises the encoder (with
     ``pretrained_optional`` the config's own default file may be missing, meaning from scratch; a file
-    given on the command line must exist). Evaluation gathers the logits and labels of the whole
+    given on the command line must exist). ``sync_batchnorm`` normalises over the global batch under
+    DDP (networks with batch norms in training). Evaluation gathers the logits and labels of the whole
     split; the loss and metrics are computed once from them."""
 
     LOSS_SCHEMA = {
@@ -226,12 +306,13 @@ class Classification(Objective):
         return {**Objective.config_schema(model_cfg), "arch": Choice(*NETWORKS), "task_type": Choice(*TASK_TYPES),
                 "loss": Section(cls.LOSS_SCHEMA), "pretrained_weights": Str(nullable=True),
                 "pretrained_optional": Bool(), "allow_pickle_weights": Bool(),
-                "tolerated_missing_fraction": Float(0, 1), **network}
+                "tolerated_missing_fraction": Float(0, 1), "sync_batchnorm": Bool(), **network}
 
     def __init__(self, *, data: Any, optim: Mapping[str, Any], arch: str, task_type: str, loss: Mapping[str, Any],
                  pretrained_weights: Optional[str], pretrained_optional: bool, allow_pickle_weights: bool,
-                 tolerated_missing_fraction: float, **network: Any) -> None:
+                 tolerated_missing_fraction: float, sync_batchnorm: bool, **network: Any) -> None:
         super().__init__(optim)
+        self.sync_batchnorm = bool(sync_batchnorm)
         if data.task_type is not None and data.task_type != task_type:
             raise ConfigError(f"model.task_type is '{task_type}' but the dataset is '{data.task_type}'; "
                               "fix modality.task_type")

@@ -20,6 +20,8 @@ Loading rules (``load_pretrained``):
 * ``ignore_prefixes`` (MAE decoder, mask token, contrastive projector / predictor) are dropped and
   listed under ``ignored`` unless the model has those keys itself.
 * ``pos_embed`` with a different token grid is resized to the model's grid (``interpolated``).
+* A convolution with RGB weights for a model with 1 input channel (a torchvision / MMCL ResNet stem
+  for grayscale CMR) gets the weights summed over their input channels.
 * Other shape differences are refused (``mismatched``): they mean a different architecture or size.
 * New layers (``head``, ``fc_norm``, ``attention_pool``, ``fc``, plus ``expected_missing``) may be
   missing or differ in shape: they keep their fresh init and never count against
@@ -334,6 +336,13 @@ def load_pretrained(
         have = tuple(value.shape)
         if have == want:
             to_load[key] = value
+            continue
+        if len(have) == 4 and len(want) == 4 and want[1] == 1 and have[1] > 1 and (have[0], *have[2:]) == (want[0], *want[2:]):
+            # RGB weights for a grayscale input: summing over the input channels equals feeding the
+            # grayscale image as RGB
+            to_load[key] = value.sum(dim=1, keepdim=True)
+            report.notes.append(f"{key}: {have[1]}-channel weights summed over their input channels for "
+                                "the model's 1-channel input")
             continue
         grids = None
         if key.endswith("pos_embed") and len(have) == 3 and len(want) == 3 and have[::2] == want[::2]:
