@@ -1,4 +1,4 @@
-"""Datasets: the on-disk store, the data kinds (ECG, CMR; paired ECG-CMR next), augmentations,
+"""Datasets: the on-disk store, the data kinds (ECG, CMR, paired ECG-CMR), augmentations,
 demo data, and the one data entry point, ``build_data``.
 
     data = build_data(cfg.data, ("train", "val", "test"), seed=cfg.seed, world_size=W, rank=r)
@@ -21,7 +21,7 @@ from util.errors import ConfigError
 __all__ = ["KINDS", "build_data", "config_schema"]
 
 # data.kind -> its source class (a dotted path, imported on use so `import datasets.store` stays light)
-KINDS = {"ecg": "datasets.ecg.ECGSource", "cmr": "datasets.cmr.CMRSource"}
+KINDS = {"ecg": "datasets.ecg.ECGSource", "cmr": "datasets.cmr.CMRSource", "paired": "datasets.paired.PairedSource"}
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ training labels.
 
 ``nt_xent`` (SimCLR): the 2N views of a batch, each view's positive is the other view of its sample and
 its negatives the other 2N - 2 views; under DDP the candidates come from every rank with gradients.
+
+``clip_loss`` (MMCL): ``0.5 * CE(logits, I) + 0.5 * CE(logits^T, I)`` with
+``logits = norm(z_a) @ norm(z_b)^T / temperature``; under DDP both sides are gathered from every rank.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "pos_weight_from_labels",
     "class_weights_from_labels",
     "nt_xent",
+    "clip_loss",
 ]
 
 LOSS_ON = ("masked", "all")
@@ -281,3 +285,24 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
         positive = torch.cat([local + m, local])
         logits = logits.masked_fill(F.one_hot(self_index, 2 * m).bool(), float("-inf"))
         return F.cross_entropy(logits, positive)
+
+
+def clip_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """CLIP loss of two modalities ``z_a``, ``z_b`` (B, D) of the same B subjects (Radford et al. 2021;
+    the MMCL reference: a = image, b = ECG).
+
+    With both L2-normalised and gathered from every rank (M rows), this rank's rows of
+    ``logits = z_a @ z_b_all^T / t`` score each local a against every b (its partner is the target)
+    and the rows of ``z_b @ z_a_all^T / t`` each local b against every a; the loss is the mean of the
+    two cross-entropies over the local rows. One process gives ``0.5 * CE(L, I) + 0.5 * CE(L^T, I)``
+    of the full ``L = z_a @ z_b^T / t``; N ranks with DDP give its loss and gradients on the
+    concatenated batch. ``temperature`` may be a tensor (a learnable one gets its gradient)."""
+    with torch.autocast(device_type=z_a.device.type, enabled=False):
+        z_a, z_b = (F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in (z_a, z_b))
+        b = z_a.shape[0]
+        all_a, all_b = all_gather_with_grad(z_a), all_gather_with_grad(z_b)
+        rank = int(torch.distributed.get_rank()) if all_a.shape[0] != b else 0
+        target = torch.arange(b, device=z_a.device) + rank * b
+        a_to_b = z_a @ all_b.T / temperature
+        b_to_a = z_b @ all_a.T / temperature
+        return 0.5 * F.cross_entropy(a_to_b, target) + 0.5 * F.cross_entropy(b_to_a, target)

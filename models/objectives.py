@@ -34,6 +34,7 @@ run keys it reads; every other key of the model config goes to the network build
 
     MAEPretraining   signal masked autoencoder (ECG MAE pretraining)
     SimCLR           two-view contrastive pretraining of an image encoder (CMR SimCLR)
+    MMCL             ECG<->CMR contrastive pretraining of a signal and an image encoder (the paper's)
     Classification   classifier / regressor on an encoder (fine-tuning, linear probing; ECG or CMR)
 """
 from __future__ import annotations
@@ -46,10 +47,12 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.classifier import mixup
 from models.factory import NETWORKS, build_network, network_schema
-from models.losses import TASK_TYPES, ClassificationLoss, class_weights_from_labels, nt_xent, pos_weight_from_labels
+from models.losses import (TASK_TYPES, ClassificationLoss, class_weights_from_labels, clip_loss, nt_xent,
+                           pos_weight_from_labels)
 from util import contract
 from util.errors import ConfigError
 from util.lr_decay import param_groups_lrd
@@ -58,7 +61,7 @@ from util.schema import AnyOf, Anything, Bool, Choice, Float, Int, List, Section
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Objective", "MAEPretraining", "SimCLR", "Classification", "single_input"]
+__all__ = ["Objective", "MAEPretraining", "SimCLR", "MMCL", "Classification", "single_input"]
 
 
 def single_input(data: Any) -> tuple[str, Any]:
@@ -276,6 +279,173 @@ def views_figure(view1: torch.Tensor, view2: torch.Tensor):
         axes[row, 0].set_ylabel(f"view {row + 1}")
     fig.tight_layout()
     return fig
+
+
+# ---- MMCL: ECG <-> CMR ------------------------------------------------------------------------------------
+def projection_head(width: int, out: int) -> nn.Sequential:
+    """Linear(width, width) -> ReLU -> Linear(width, out)."""
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, out))
+
+
+def retrieval_metrics(queries: np.ndarray, keys: np.ndarray, ks=(1, 5)) -> dict:
+    """``top{k}``: the fraction of queries whose own key (same row) is among the k most similar keys
+    (dot products of normalised embeddings; ties count against). Exact on the whole split."""
+    similarity = queries @ keys.T
+    own = np.diag(similarity)
+    rank = (similarity > own[:, None]).sum(axis=1) + (similarity == own[:, None]).sum(axis=1) - 1
+    return {f"top{k}": float((rank < k).mean()) for k in ks}
+
+
+class MMCL(Objective):
+    """Multimodal contrastive pretraining (Turgut et al. 2025): a signal ViT (``ecg_encoder`` keys, avg
+    pooling) and a ResNet (``cmr_encoder`` keys), one projection head each (``projection_dim``), and
+    the CLIP loss over the global batch at ``temperature`` (``learnable_temperature``: its log is
+    trained, from the given value).
+
+    Initialisation: ``ecg_weights`` (an MAE checkpoint or encoder file: ours or the released MMCL
+    signal encoder) and ``cmr_weights`` (a SimCLR ``encoder.pth``, the released MMCL image encoder or
+    a torchvision ResNet), each optional (``weights_optional``: a configured file that does not exist
+    means scratch, with a warning; one given on the command line must exist). ``freeze_cmr`` keeps the
+    image encoder fixed (BN in eval mode).
+    Optimisation: ``ecg_lr_scale`` / ``cmr_lr_scale`` multiply each encoder's learning rate (the heads
+    train at the base rate) and ``optim.layer_decay`` applies layer-wise decay inside the ViT.
+
+    Validation, on the whole split gathered from every rank: the loss, ECG->CMR and CMR->ECG top-1 /
+    top-5 retrieval (``ecg_to_cmr_top5`` ...) with the chance levels (``chance_top1``, ``chance_top5``),
+    and with ``probe`` the kNN / linear-probe monitors of the ECG encoder's features (``ecg_knn_*``,
+    ``ecg_probe_*``). ``exports()``: ``encoder.pth``, the ECG encoder as ``{'model': state_dict}`` (the
+    released MMCL signal-encoder layout, what fine-tuning starts from) and ``image_encoder.pth`` as
+    ``{'state_dict': {'encoder_imaging.N.*'}}`` (the released image-encoder layout)."""
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
+        ecg = {k: v for k, v in network_schema("signal_vit", "encoder").items() if k not in ("num_classes",
+                                                                                             "global_pool")}
+        return {**Objective.config_schema(model_cfg), "ecg_encoder": Section(ecg),
+                "cmr_encoder": Section(network_schema("resnet", "encoder")), "projection_dim": Int(min=1),
+                "temperature": Float(min=0, min_open=True), "learnable_temperature": Bool(),
+                "ecg_weights": Str(nullable=True), "cmr_weights": Str(nullable=True), "weights_optional": Bool(),
+                "allow_pickle_weights": Bool(),
+                "freeze_cmr": Bool(), "ecg_lr_scale": Float(min=0, min_open=True),
+                "cmr_lr_scale": Float(min=0, min_open=True), "sync_batchnorm": Bool(), "probe": Bool(), "knn_k": Int(min=1), "probe_folds": Int(min=2)}
+
+    def __init__(self, *, data: Any, optim: Mapping[str, Any], ecg_encoder: Mapping[str, Any],
+                 cmr_encoder: Mapping[str, Any], projection_dim: int, temperature: float, learnable_temperature: bool,
+                 ecg_weights: Optional[str], cmr_weights: Optional[str], weights_optional: bool,
+                 allow_pickle_weights: bool, freeze_cmr: bool,
+                 ecg_lr_scale: float, cmr_lr_scale: float, sync_batchnorm: bool, probe: bool,
+                 knn_k: int, probe_folds: int) -> None:
+        super().__init__(optim)
+        missing = [f for f in ("ecg", "cmr") if f not in data.inputs]
+        if missing:
+            raise ConfigError(f"MMCL trains on paired ECG and CMR, but the data gives {', '.join(data.inputs)}: "
+                              "use data=paired (e.g. experiment=pre_training/mmcl_demo)")
+        ecg_spec, cmr_spec = data.inputs["ecg"], data.inputs["cmr"]
+        self.ecg_net = build_network("signal_vit", "encoder", input_size=ecg_spec.shape[1:],
+                                     in_chans=ecg_spec.shape[0], num_classes=0, global_pool="avg", **ecg_encoder)
+        self.cmr_net = build_network("resnet", "encoder", input_size=cmr_spec.shape[1:], in_chans=cmr_spec.shape[0],
+                                     **cmr_encoder)
+        self.ecg_projector = projection_head(self.ecg_net.embed_dim, int(projection_dim))
+        self.cmr_projector = projection_head(self.cmr_net.feature_dim, int(projection_dim))
+        self.log_temperature = nn.Parameter(torch.tensor(float(np.log(temperature))),
+                                            requires_grad=bool(learnable_temperature))
+        self.freeze_cmr, self.sync_batchnorm = bool(freeze_cmr), bool(sync_batchnorm)
+        if self.freeze_cmr:
+            self.cmr_net.requires_grad_(False)
+        self.lr_scales = {"ecg": float(ecg_lr_scale), "cmr": float(cmr_lr_scale)}
+        self.pretrained_metadata: dict = {}
+        self.weights = {"ecg": ecg_weights, "cmr": cmr_weights}
+        self.allow_pickle, self.weights_optional = bool(allow_pickle_weights), bool(weights_optional)
+        self.probe, self.knn_k, self.probe_folds = bool(probe), int(knn_k), int(probe_folds)
+        self.task_type = data.task_type
+        self.contracts = dict(getattr(data, "contract", None) or {})
+        self.contract_policy = getattr(data, "contract_policy", "error")
+        self.headline_metrics = ("loss", "temperature", "ecg_to_cmr_top5", "cmr_to_ecg_top5", "chance_top5",
+                                 *(f"ecg_{m}_{k}" for m in ("knn", "probe")
+                                   for k in MONITOR_METRICS.get(self.task_type, ()) if self.probe))
+        self.remember_training_data(data)
+        self.data_contract = self.contracts.get("ecg", {})  # the ECG encoder file records the ECG side's
+
+    def train(self, mode: bool = True) -> "MMCL":
+        super().train(mode)
+        if self.freeze_cmr:
+            self.cmr_net.train(False)
+        return self
+
+    def param_groups(self) -> list[dict]:
+        wd = float(self.optim["weight_decay"])
+        groups = []
+        for name, net, decay in (("ecg", self.ecg_net, float(self.optim["layer_decay"])), ("cmr", self.cmr_net, 1.0)):
+            for group in param_groups_lrd(net, weight_decay=wd, layer_decay=decay):
+                groups.append({**group, "lr_scale": group["lr_scale"] * self.lr_scales[name]})
+        heads = nn.ModuleList([self.ecg_projector, self.cmr_projector])
+        groups += param_groups_lrd(heads, weight_decay=wd, layer_decay=1.0)
+        if self.log_temperature.requires_grad:
+            groups.append({"params": [self.log_temperature], "lr_scale": 1.0, "weight_decay": 0.0})
+        return groups
+
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        ecg_features = self.ecg_net.forward_features(batch["ecg"])
+        z_ecg = self.ecg_projector(ecg_features)
+        z_cmr = self.cmr_projector(self.cmr_net.forward_features(batch["cmr"]))
+        t = self.temperature()
+        out = {"loss": clip_loss(z_cmr, z_ecg, t), "temperature": t.detach()}
+        if not self.training:
+            out["per_sample"] = {"z_ecg": F.normalize(z_ecg.float(), dim=1), "z_cmr": F.normalize(z_cmr.float(), dim=1)}
+            if self.probe and batch["label"].numel() > 0:
+                out["per_sample"].update(ecg_features=ecg_features, label=batch["label"])
+        return out
+
+    def evaluation_metrics(self, gathered: dict[str, np.ndarray]) -> dict:
+        if "z_ecg" not in gathered:
+            return {}
+        n = len(gathered["z_ecg"])
+        metrics = {"chance_top1": 1.0 / n, "chance_top5": min(5, n) / n}
+        for name, (queries, keys) in {"ecg_to_cmr": (gathered["z_ecg"], gathered["z_cmr"]),
+                                      "cmr_to_ecg": (gathered["z_cmr"], gathered["z_ecg"])}.items():
+            metrics.update({f"{name}_{k}": v for k, v in retrieval_metrics(queries, keys).items()})
+        if "ecg_features" in gathered and self.task_type is not None:
+            monitors = embedding_monitors(self.task_type, gathered["ecg_features"], gathered["label"], k=self.knn_k,
+                                          folds=self.probe_folds)
+            metrics.update({f"ecg_{k}": v for k, v in monitors.items()})
+        return metrics
+
+    def load_pretrained(self) -> Optional[str]:
+        """The encoders' initial weights (``ecg_weights``, ``cmr_weights``); returns the files used."""
+        from models.weights import load_pretrained
+
+        used = []
+        for name, net in (("ecg", self.ecg_net), ("cmr", self.cmr_net)):
+            path = self.weights[name]
+            if not path:
+                log.info("model.%s_weights is null: the %s encoder starts from scratch", name, name.upper())
+                continue
+            if not os.path.isfile(path) and self.weights_optional and f"{name}_weights" not in self.command_line_keys:
+                log.warning("no pretrained %s encoder at %s: it starts from scratch (model.weights_optional)",
+                            name.upper(), path)
+                continue
+            if not os.path.isfile(path):
+                raise ConfigError(f"model.{name}_weights '{path}' does not exist: point it at a pretrained "
+                                  f"{'MAE / signal' if name == 'ecg' else 'SimCLR / image'} encoder file, or set "
+                                  f"model.{name}_weights=null")
+            report = load_pretrained(net, path, allow_pickle=self.allow_pickle)
+            contract.check(report.metadata.get("contract"), self.contracts.get(name), log=log,
+                           what=f"the pretrained {name.upper()} encoder '{path}'", policy=self.contract_policy)
+            log.info("initialised the %s encoder from %s (%d tensors loaded)", name.upper(), path, len(report.loaded))
+            if name == "ecg":  # the engine checks its training records against this run's val split
+                self.pretrained_metadata = report.metadata
+            used.append(path)
+        return ", ".join(used) or None
+
+    def exports(self) -> dict[str, dict]:
+        from models.weights import mmcl_image_layout
+
+        image = {"state_dict": mmcl_image_layout(self.cmr_net.encoder_state_dict()),
+                 "contract": self.contracts.get("cmr", {}), "training_data": self.training_data}
+        return {"encoder.pth": self.encoder_export(self.ecg_net.state_dict()), "image_encoder.pth": image}
 
 
 # ---- classification ------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from models.pos_embed import resize_pos_embed
 from util.checkpoint import unreadable_reason
 from util.errors import WeightsError
 
-__all__ = ["WeightsError", "LoadReport", "read_state_dict", "load_pretrained", "NEW_LAYERS"]
+__all__ = ["WeightsError", "LoadReport", "read_state_dict", "load_pretrained", "mmcl_image_layout", "NEW_LAYERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +234,18 @@ def _resnet_name(rest: str) -> Optional[str]:
     if not index.isdigit() or int(index) >= len(RESNET_CHILDREN) or not tail:
         return None
     return f"{RESNET_CHILDREN[int(index)]}.{tail}"
+
+
+def mmcl_image_layout(state: dict, prefix: str = "encoder_imaging.") -> dict:
+    """A torchvision-named ResNet state dict in the released MMCL image-encoder layout:
+    ``conv1.weight`` -> ``encoder_imaging.0.weight``, ``layer1.0.conv1.weight`` -> ``encoder_imaging.4.0.conv1.weight``."""
+    out = {}
+    for key, value in state.items():
+        child, _, rest = key.partition(".")
+        if child not in RESNET_CHILDREN:
+            raise ValueError(f"{key} is not a parameter of a torchvision ResNet without fc")
+        out[f"{prefix}{RESNET_CHILDREN.index(child)}.{rest}"] = value
+    return out
 
 
 def _rename(state: dict, prefix: str, to_resnet: bool) -> dict:

@@ -43,3 +43,43 @@ def tiny_store(root, task_type, n=96, seed=0):
                 record_ids=[f"r{i}" for i in range(n)], splits=splits,
                 info={"modality": "ecg", "task_type": task_type, "label_names": names, "sampling_rate": 100,
                       "lead_names": LEADS, "units": "mV", "provenance": "test", "synthetic": True})
+
+
+def run_main(main, primary, argv):
+    """A training main in this process, as its command line runs it; returns the exit code."""
+    from util import cli
+
+    return cli.run_cli(main, primary, argv=argv, prog=f"main_{primary}.py")
+
+
+def assert_a_kill_and_resume_equals_a_straight_run(command, tmp_path, repo, log_name="pretrain.log"):
+    """``command(run_dir, *extra)`` run straight, and run again but stopped by SIGTERM to its process
+    group once epoch 0 is logged (exit 75), then resumed with ``resume=auto``: both end at the same
+    step with the same weights (1e-6)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from util.checkpoint import load_checkpoint
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = subprocess.run(command(tmp_path / "straight"), cwd=repo, env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(command(stopped), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    log, deadline = stopped / log_name, time.time() + 120
+    while time.time() < deadline and proc.poll() is None and "epoch 0:" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 1
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    killed_at = load_checkpoint(str(stopped / "checkpoints" / "last.pt"))["step"]
+    resumed = subprocess.run(command(stopped, "resume=auto"), cwd=repo, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(str(tmp_path / "straight" / "checkpoints" / "last.pt"))
+    b = load_checkpoint(str(stopped / "checkpoints" / "last.pt"))
+    assert 0 < killed_at < a["step"] == b["step"]
+    assert max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"]) <= 1e-6

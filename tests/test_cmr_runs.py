@@ -4,10 +4,8 @@ equals an uninterrupted run; 2 ranks equal 1 process (slow)."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,8 +14,9 @@ import main_finetune
 import main_pretrain
 from datasets.demo import build_demo
 from datasets.store import Store
-from util import cli
 from util.checkpoint import load_checkpoint
+
+from builders import assert_a_kill_and_resume_equals_a_straight_run, run_main as run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.img_size=32", "data.batch_size=8", "data.num_workers=0", "data.train_fraction=1.0",
@@ -32,10 +31,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmr_data")
     build_demo(str(root), n_records=96, seed=0, include_real=False)
     return root
-
-
-def run(main, primary, argv):
-    return cli.run_cli(main, primary, argv=argv, prog=f"main_{primary}.py")
 
 
 def test_simclr_pretraining_exports_an_encoder_that_cmr_fine_tuning_starts_from(data, tmp_path):
@@ -106,26 +101,8 @@ def command(data, run_dir, *extra, script="main_pretrain.py", launcher=()):
 
 @pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    straight = subprocess.run(command(data, tmp_path / "straight"), cwd=REPO, env=env, capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(command(data, stopped), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log, deadline = stopped / "pretrain.log", time.time() + 120
-    while time.time() < deadline and proc.poll() is None and "epoch 0:" not in (log.read_text() if log.exists() else ""):
-        time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 1
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 75, err[-3000:]
-    killed_at = load_checkpoint(str(stopped / "checkpoints" / "last.pt"))["step"]
-    resumed = subprocess.run(command(data, stopped, "resume=auto"), cwd=REPO, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_checkpoint(str(tmp_path / "straight" / "checkpoints" / "last.pt"))
-    b = load_checkpoint(str(stopped / "checkpoints" / "last.pt"))
-    assert 0 < killed_at < a["step"] == b["step"]
-    assert max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"]) <= 1e-6
+    assert_a_kill_and_resume_equals_a_straight_run(lambda run_dir, *extra: command(data, run_dir, *extra), tmp_path,
+                                                   REPO)
 
 
 @pytest.mark.slow
