@@ -195,8 +195,9 @@ def build_objective(cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module
         objective = convert_sync_batchnorm(objective, rt.device)
         log.info("batch norms synchronised over the %d ranks", rt.world_size)
     n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
-    log.info("%s %s: %.2fM trainable parameters; device %s, precision %s", type(objective).__name__,
-             model_cfg.get("size", ""), n_params / 1e6, rt.device, rt.precision.name)
+    name = f"{type(objective).__name__} {model_cfg.get('size') or ''}".strip()
+    log.info("%s: %.2fM trainable parameters; device %s, precision %s", name, n_params / 1e6, rt.device,
+             rt.precision.name)
     return objective.to(rt.device)
 
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from datasets.augment_image import IMAGE_AUGMENT_SCHEMA, ImageAugmentation, build_image_augmentation
 from datasets.loading import DataInfo, InputSpec, KeyedDataset, StoreSource, label_tensor
+from datasets.preprocess import image_to_contract
+from datasets.sources import BadRecord, Image
 from datasets.store import Store, StoreError, open_store
 from util.schema import Choice, Float, Int, Section
 
@@ -87,9 +89,6 @@ class CMRDataset(KeyedDataset):
         """Store row ``record`` as float32 ``(C, img_size, img_size)`` in [0, 1], cropped and resized."""
         data = self.store.read(record)
         if self.store.live:
-            from datasets.preprocess import image_to_contract
-            from datasets.sources import BadRecord, Image
-
             try:
                 data = image_to_contract(Image(data), size=self.img_size)
             except BadRecord as e:

@@ -263,6 +263,16 @@ def class_weights_from_labels(labels: Any, num_classes: int) -> torch.Tensor:
 
 
 # ---- contrastive -----------------------------------------------------------------------------------
+def _normalised_and_gathered(z1: torch.Tensor, z2: torch.Tensor):
+    """``(z1, z2, all z1, all z2, rows)``: both L2-normalised in float32 (float64 kept), gathered from
+    every rank with their gradients, and the rows of this rank's samples among the gathered ones."""
+    z1, z2 = (F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in (z1, z2))
+    g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
+    b = z1.shape[0]
+    rank = int(torch.distributed.get_rank()) if g1.shape[0] != b else 0
+    return z1, z2, g1, g2, torch.arange(b, device=z1.device) + rank * b
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent (Chen et al. 2020) of two views ``z1``, ``z2`` (B, D) of the same B samples.
 
@@ -272,15 +282,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     views; the result is the mean over this rank's 2B anchors. One process gives the textbook loss;
     N ranks with DDP give the loss and gradients of one process on the concatenated batch."""
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        z1, z2 = (F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in (z1, z2))
-        b = z1.shape[0]
-        g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
+        z1, z2, g1, g2, local = _normalised_and_gathered(z1, z2)
         m = g1.shape[0]
-        rank = int(torch.distributed.get_rank()) if m != b else 0
         candidates = torch.cat([g1, g2])  # (2M, D)
         anchors = torch.cat([z1, z2])  # (2B, D): this rank's views
         logits = anchors @ candidates.T / float(temperature)  # (2B, 2M)
-        local = torch.arange(b, device=z1.device) + rank * b
         self_index = torch.cat([local, local + m])  # where each anchor sits among the candidates
         positive = torch.cat([local + m, local])
         logits = logits.masked_fill(F.one_hot(self_index, 2 * m).bool(), float("-inf"))
@@ -298,11 +304,7 @@ def clip_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: torch.Tensor | 
     of the full ``L = z_a @ z_b^T / t``; N ranks with DDP give its loss and gradients on the
     concatenated batch. ``temperature`` may be a tensor (a learnable one gets its gradient)."""
     with torch.autocast(device_type=z_a.device.type, enabled=False):
-        z_a, z_b = (F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in (z_a, z_b))
-        b = z_a.shape[0]
-        all_a, all_b = all_gather_with_grad(z_a), all_gather_with_grad(z_b)
-        rank = int(torch.distributed.get_rank()) if all_a.shape[0] != b else 0
-        target = torch.arange(b, device=z_a.device) + rank * b
+        z_a, z_b, all_a, all_b, target = _normalised_and_gathered(z_a, z_b)
         a_to_b = z_a @ all_b.T / temperature
         b_to_a = z_b @ all_a.T / temperature
         return 0.5 * F.cross_entropy(a_to_b, target) + 0.5 * F.cross_entropy(b_to_a, target)

@@ -176,17 +176,14 @@ def test_a_torchvision_state_dict_loads_into_the_classifier(tmp_path):
     assert sorted(report.unexpected) == ["fc.bias", "fc.weight"]  # reported, not loaded
 
 
-def test_an_ecg_encoder_file_is_refused_by_the_resnet():
+def test_an_ecg_encoder_file_is_refused_by_the_resnet(tmp_path):
+    from models.vit import SignalViT
     from models.weights import WeightsError
 
+    vit = SignalViT(input_size=(12, 500), patch_size=(1, 50), embed_dim=32, depth=1, num_heads=2)
+    torch.save({"model": vit.state_dict()}, tmp_path / "e.pth")
     with pytest.raises(WeightsError, match="another model|do not fit"):
-        import tempfile
-
-        from models.vit import SignalViT
-        with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": SignalViT(input_size=(12, 500), patch_size=(1, 50), embed_dim=32, depth=1,
-                                           num_heads=2).state_dict()}, f"{d}/e.pth")
-            load_pretrained(ResNetEncoder(depth=18, in_chans=1), f"{d}/e.pth")
+        load_pretrained(ResNetEncoder(depth=18, in_chans=1), tmp_path / "e.pth")
 
 
 # ---- images: live loading, crop, augmentations ----------------------------------------------------------
