@@ -50,7 +50,7 @@ from datasets.loading import shutdown_workers
 log = logging.getLogger(__name__)
 
 __all__ = ["Runtime", "setup", "build_objective", "LoopSettings", "Loop", "fit", "FitResult", "train_one_epoch",
-           "evaluate", "Evaluation", "num_batches", "unwrap", "resolve_precision", "make_scaler", "Precision"]
+           "evaluate", "Evaluation", "embed", "num_batches", "unwrap", "resolve_precision", "make_scaler", "Precision"]
 
 VAL_SEED_OFFSET = 2**31 - 1  # the validation generator's seed: derive_seed(seed, VAL_SEED_OFFSET)
 
@@ -92,7 +92,7 @@ PATHS_SCHEMA = {k: Str() for k in ("root_dir", "data_dir", "log_dir", "output_di
 # the top-level keys every training main reads; a main adds its own (e.g. eval_only)
 RUN_SCHEMA = {
     "task_name": Str(), "tags": List(Str()), "seed": Int(min=0, nullable=True), "ckpt_path": Str(nullable=True),
-    "resume": Choice("auto", nullable=True), "optimized_metric": Str(nullable=True),
+    "resume": Choice("auto", nullable=True, required=False), "optimized_metric": Str(nullable=True),
     "trainer": Section(TRAINER_SCHEMA), "callbacks": Section(CALLBACKS_SCHEMA, nullable=True),
     "logger": Section(LOGGER_SCHEMA, nullable=True), "extras": Section(EXTRAS_SCHEMA, nullable=True),
     "paths": Section(PATHS_SCHEMA, closed=False),
@@ -178,9 +178,10 @@ def _command_line_keys(cfg: Config, group: str) -> set[str]:
     return keys
 
 
-def build_objective(cfg: Config, data_info: Any, rt: Runtime) -> torch.nn.Module:
-    """The objective ``cfg.model`` names (its ``_target_``), built for ``data_info``, on the device."""
-    model_cfg = cfg.model
+def build_objective(cfg: Config, data_info: Any, rt: Runtime, model_cfg: Optional[Config] = None) -> torch.nn.Module:
+    """The objective ``cfg.model`` (or ``model_cfg``, e.g. a checkpoint's) names with its ``_target_``,
+    built for ``data_info``, on the device."""
+    model_cfg = cfg.model if model_cfg is None else model_cfg
     if "_target_" not in model_cfg:
         raise ConfigError("the model config has no _target_: name the objective, e.g. "
                           "_target_: models.objectives.MAEPretraining")
@@ -544,6 +545,27 @@ def evaluate(model: torch.nn.Module, loader: Iterable, rt: Runtime, *, limit_bat
     return Evaluation(metrics, gathered, first)
 
 
+class _Representations(torch.nn.Module):
+    """An objective seen through its ``embed`` hook: per-sample representations and labels."""
+
+    def __init__(self, objective: torch.nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        return {"per_sample": {**self.objective.embed(batch), "label": batch["label"]}}
+
+    def evaluation_metrics(self, gathered: dict) -> dict:
+        return {}
+
+
+def embed(objective: torch.nn.Module, loader: Iterable, rt: Runtime, *, progress_bar: bool = False,
+          desc: str = "embed") -> dict[str, np.ndarray]:
+    """``objective.embed`` of every sample of ``loader`` in eval mode, gathered from every rank in
+    dataset order (as ``evaluate``): ``{index, label, <name>: (N, D)}``, identical on every rank."""
+    return evaluate(_Representations(unwrap(objective)), loader, rt, progress_bar=progress_bar, desc=desc).gathered
+
+
 # ----------------------------------------------------------------------------------------
 # The epochs
 # ----------------------------------------------------------------------------------------
@@ -676,6 +698,9 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     """Train ``objective`` on ``data.loaders["train"]``, validating on ``data.loaders["val"]`` (see the
     module docstring). Returns the history, the selected checkpoint (the same on every rank) and the
     state."""
+    if not getattr(objective, "trainable", True):
+        raise ConfigError(f"{type(objective).__name__} is not a training objective (it embeds records for "
+                          "main_artifacts.py); choose a model that trains, e.g. model=mae or model=ecg_classifier")
     s = LoopSettings.from_config(cfg.trainer)
     optim, output_dir = objective.optim, cfg.paths.output_dir
     train_loader = data.loaders["train"]

@@ -45,19 +45,26 @@ def config_schema(data_cfg: Mapping) -> tuple[dict, bool]:
     return {**LOADER_SCHEMA, "kind": Choice(*KINDS), **(extra or {})}, extra is not None
 
 
-def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_size: int = 1, rank: int = 0):
-    """A ``datasets.loading.Data`` with loaders of ``splits`` for the data config ``data_cfg``."""
+def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_size: int = 1, rank: int = 0,
+               training: bool = True):
+    """A ``datasets.loading.Data`` with loaders of ``splits`` for the data config ``data_cfg``.
+    ``training=False``: every loader reads its whole split in order, unaugmented (``build_loaders``);
+    the training labels (class weights) still come from the train split when there is one."""
     kind = data_cfg["kind"]
     if kind not in KINDS:
         raise ConfigError(f"data.kind '{kind}' is not a data kind; known: {', '.join(KINDS)}")
     from datasets.loading import Data, build_loaders
 
     source = _source_class(kind)(data_cfg, seed)
-    loaders, records = build_loaders(source, data_cfg, splits, seed=seed, world_size=world_size, rank=rank)
+    loaders, records = build_loaders(source, data_cfg, splits, seed=seed, world_size=world_size, rank=rank,
+                                     training=training)
     for name, loader in loaders.items():
         log.debug("%s loader: %d records of split '%s', %d batches of %d per rank", name, len(records[name]),
                   loader.dataset.split, len(loader), loader.batch_size)
-    info = source.info(records.get("train"))
+    train_records = records.get("train")
+    if train_records is None and not training:
+        train_records = _train_records(source, data_cfg)
+    info = source.info(train_records)
     info.contract_policy = data_cfg["contract_mismatch"]
     for name, loader in loaders.items():
         info.splits[name] = {"store": os.path.abspath(info.source) if info.source else None,
@@ -65,4 +72,16 @@ def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_siz
                              "records": len(records[name])}
         if name == "train":
             info.splits[name].update(train_fraction=data_cfg["train_fraction"], subset_seed=data_cfg["subset_seed"])
-    return Data(loaders=loaders, info=info, device_transforms=source.device_transforms)
+    return Data(loaders=loaders, info=info, device_transforms=source.device_transforms if training else {},
+                records=records, record_ids=source.record_ids)
+
+
+def _train_records(source, data_cfg: Mapping):
+    """The records of the train split, or None where the store has none (labels for class weights)."""
+    from datasets.loading import split_records
+    from util.errors import StoreError
+
+    try:
+        return split_records(source, "train", {**data_cfg, "train_fraction": 1.0})[1]
+    except (StoreError, KeyError):
+        return None

@@ -76,10 +76,13 @@ class DataInfo:
 
 @dataclass
 class Data:
-    """``build_data``'s result: loaders by split name, the description, and on-device transforms."""
+    """``build_data``'s result: loaders by split name, the description, on-device transforms, and the
+    store records each loader reads (``records[name][dataset index]``) with their ids."""
     loaders: dict[str, DataLoader]
     info: DataInfo
     device_transforms: dict[str, Callable] = field(default_factory=dict)
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+    record_ids: Optional[Callable[[Sequence[int]], list]] = None  # store records -> their ids
 
 
 class KeyedDataset(Dataset):
@@ -291,15 +294,17 @@ def make_loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: 
 
 
 def build_loaders(source: Any, data_cfg: Mapping[str, Any], splits: Sequence[str], *, seed: int,
-                  world_size: int = 1, rank: int = 0) -> tuple[dict[str, DataLoader], dict[str, np.ndarray]]:
+                  world_size: int = 1, rank: int = 0,
+                  training: bool = True) -> tuple[dict[str, DataLoader], dict[str, np.ndarray]]:
     """One loader per split name (``train`` shuffles, augments and drops its last partial batch when
     ``data.drop_last``) and the record indices each reads. Reads the loader keys of
     ``configs/data/default.yaml``: batch_size, num_workers, pin_memory, persistent_workers, drop_last,
-    use_train_subsample, fold, train_fraction, subset_seed."""
+    use_train_subsample, fold, train_fraction, subset_seed. ``training=False`` (embeddings, saliency):
+    every loader, ``train`` included, reads its whole split in order without augmentation."""
     loaders, records_of = {}, {}
     for name in splits:
-        train = name == "train"
-        split, records = split_records(source, name, data_cfg)
+        train = training and name == "train"
+        split, records = split_records(source, name, data_cfg if training else {**data_cfg, "train_fraction": 1.0})
         records = drop_nonfinite(source, split, records, data_cfg["nonfinite"])
         if len(records) == 0:
             raise StoreError(f"the '{split}' split of {getattr(source, 'root', 'the data')} is empty, so there is "

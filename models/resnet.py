@@ -62,11 +62,14 @@ class ResNetEncoder(nn.Module):
             self.add_module(name, getattr(net, name))
         self.depth, self.in_chans, self.feature_dim = int(depth), int(in_chans), FEATURES[int(depth)]
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, feature_dim, H / 32, W / 32): the last stage's output."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, feature_dim)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self.forward_features(x)

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any, Optional
 
-from util.files import atomic_write_text
+from util.files import atomic_write_text, temp_path
 from util.schema import Section, Str
 
 
@@ -89,13 +89,16 @@ class RunLogger:
             writer.writeheader()
             writer.writerows(rows)
 
-    def log_figure(self, tag: str, figure: Any, step: int, png_path: Optional[str] = None) -> None:
-        """A matplotlib figure to TensorBoard and, when ``png_path`` is given, to a PNG file."""
+    def log_figure(self, tag: str, figure: Any, step: int, png_path: Optional[str] = None, dpi: int = 100) -> None:
+        """A matplotlib figure to TensorBoard and, when ``png_path`` is given, to a PNG file (written
+        whole or not at all)."""
         if not self.enabled:
             return
         if png_path is not None:
             os.makedirs(os.path.dirname(png_path), exist_ok=True)
-            figure.savefig(png_path, dpi=100)
+            partial = temp_path(png_path)
+            figure.savefig(partial, dpi=dpi, format="png")
+            os.replace(partial, png_path)
         if self.tb is not None:
             self.tb.add_figure(self.prefix + tag, figure, step, close=False)
 
