@@ -26,12 +26,22 @@ The contract the engine and the mains rely on (``Objective`` gives a default for
     sync_batchnorm                           True: under DDP its batch norms use the global batch's
                                              statistics (the engine converts them; default False)
 
+What ``main_artifacts.py`` asks of a trained objective (in eval mode):
+
+    embed(batch) -> {name: (B, D)}           its representations, one entry per encoder (e.g. ``ecg``,
+                                             ``cmr``); the embeddings files hold these
+    class_names / class_scores(batch)        a classifier's classes and their (B, C) probabilities
+    saliency_methods                         the ``explain`` methods it supports (empty: none)
+    explain(batch, method, target, **opts)   ``[SaliencyMap]``: for each input field it explains, maps
+                                             shaped like that input (``models.saliency``)
+
 A model config names its objective with ``_target_`` and is instantiated with one extra keyword,
 ``data``: the data side's description of the batches (``datasets.loading.DataInfo``: input fields
 and sample shapes, task type, label names, training labels). An objective's constructor lists the
 run keys it reads; every other key of the model config goes to the network builder
 (``models.factory.build_network``), which refuses a key it does not know.
 
+    Encoder          a pretrained encoder on its own: embeddings of an encoder file (not trained)
     MAEPretraining   signal masked autoencoder (ECG MAE pretraining)
     SimCLR           two-view contrastive pretraining of an image encoder (CMR SimCLR)
     MMCL             ECG<->CMR contrastive pretraining of a signal and an image encoder (the paper's)
@@ -49,10 +59,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import saliency
 from models.classifier import mixup
 from models.factory import NETWORKS, build_network, network_schema
 from models.losses import (TASK_TYPES, ClassificationLoss, class_weights_from_labels, clip_loss, nt_xent,
                            pos_weight_from_labels)
+from models.resnet import ResNetEncoder
+from models.saliency import SaliencyMap
 from util import contract
 from util.errors import ConfigError
 from util.lr_decay import param_groups_lrd
@@ -61,7 +74,7 @@ from util.schema import AnyOf, Anything, Bool, Choice, Float, Int, List, Section
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Objective", "MAEPretraining", "SimCLR", "MMCL", "Classification", "single_input"]
+__all__ = ["Objective", "Encoder", "MAEPretraining", "SimCLR", "MMCL", "Classification", "single_input"]
 
 
 def single_input(data: Any) -> tuple[str, Any]:
@@ -131,6 +144,28 @@ class Objective(nn.Module):
     def exports(self) -> dict[str, dict]:
         return {}
 
+    # -- artifacts: representations and saliency of a trained objective (main_artifacts.py) ---------------
+    saliency_methods: tuple[str, ...] = ()
+    class_names: tuple = ()
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {}
+
+    def class_scores(self, batch: dict) -> Optional[torch.Tensor]:
+        return None
+
+    def explain(self, batch: dict, method: str, target: Optional[int] = None, **options: Any) -> list[SaliencyMap]:
+        raise ConfigError(f"{type(self).__name__} has no saliency maps")
+
+    def inputs(self, batch: dict, *fields: str) -> list[torch.Tensor]:
+        """The batch's ``fields``, or one error naming what this objective reads and what the data gives."""
+        missing = [f for f in fields if f not in batch]
+        if missing:
+            given = ", ".join(k for k in batch if k not in ("label", "key", "index"))
+            raise ConfigError(f"{type(self).__name__} reads the input field(s) {', '.join(fields)}, but the data "
+                              f"gives {given}: choose data of the kind the model was trained on")
+        return [batch[f] for f in fields]
+
     # -- what a pretraining objective's encoder file records about its data --------------------------
     def remember_training_data(self, data: Any) -> None:
         """Keep the data's contract (fine-tuning checks it) and the training records (fine-tuning warns
@@ -142,6 +177,38 @@ class Objective(nn.Module):
         """An encoder file's payload: ``{'model': state_dict}`` (the released MMCL layout), plus its data's
         ``contract`` and ``training_data`` (store, split, records)."""
         return {"model": state_dict, "contract": self.data_contract, "training_data": self.training_data}
+
+
+# ---- a pretrained encoder on its own --------------------------------------------------------------------
+class Encoder(Objective):
+    """A pretrained encoder for embeddings (``main_artifacts.py`` with an encoder file: our
+    ``encoder.pth``, the released MMCL encoders, an oetu/mae or torchvision file): ``net`` is the
+    ``arch`` family's ``encoder`` network (the signal ViT with ``global_pool``, or the ResNet) built from
+    the remaining keys. It has no loss and is never trained."""
+
+    trainable = False
+
+    @classmethod
+    def config_schema(cls, model_cfg: Mapping[str, Any]) -> dict[str, Spec]:
+        network = network_schema(model_cfg.get("arch"), "encoder")
+        network.pop("num_classes", None)
+        return {"_target_": Str(), "arch": Choice(*NETWORKS), "allow_pickle_weights": Bool(), **network}
+
+    def __init__(self, *, data: Any, arch: str, allow_pickle_weights: bool = False, **network: Any) -> None:
+        super().__init__({})
+        self.field, spec = single_input(data)
+        if arch == "signal_vit":
+            network = {"global_pool": "avg", **network, "num_classes": 0}
+        self.net = build_network(arch, "encoder", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
+        self.allow_pickle = bool(allow_pickle_weights)
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        raise ConfigError("models.objectives.Encoder only embeds records (main_artifacts.py); to train, choose "
+                          "a training objective (model=mae, sim_clr, mmcl, ecg_classifier, cmr_classifier)")
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        (x,) = self.inputs(batch, self.field)
+        return {self.field: self.net.forward_features(x)}
 
 
 # ---- MAE ---------------------------------------------------------------------------------------------
@@ -163,6 +230,7 @@ class MAEPretraining(Objective):
         super().__init__(optim)
         self.field, spec = single_input(data)
         self.row_names = list(spec.channel_names or [])
+        self.sampling_rate = spec.sampling_rate
         self.net = build_network(arch, "mae", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
         self.remember_training_data(data)
 
@@ -172,35 +240,30 @@ class MAEPretraining(Objective):
 
     def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
         return {"recon": reconstruction_figure(self.net, batch[self.field][:1], self.row_names,
-                                                 generator)}
+                                                 generator, self.sampling_rate)}
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The mean of the encoder's patch tokens (after its final norm), nothing masked."""
+        (x,) = self.inputs(batch, self.field)
+        latent, _, _ = self.net.forward_encoder(self.net.patch_embed.check_input(x), 0.0)
+        return {self.field: latent[:, 1:].mean(dim=1)}
 
     def exports(self) -> dict[str, dict]:
         return {"encoder.pth": self.encoder_export(self.net.encoder_state_dict())}
 
 
-def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator):
-    """Input vs reconstruction of the first rows (leads) of one signal, masked patches shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator,
+                          sampling_rate: Optional[float] = None):
+    """Input vs reconstruction of every lead of one signal, masked patches shaded, on ECG paper
+    (seconds, mV; ``util.plots``). Without a sampling rate the time axis counts samples / 1 Hz."""
+    from util.plots import ecg_reconstruction_figure
 
     with torch.no_grad():
         recon, mask = mae.reconstruct(x, generator=generator)
     x, recon, mask = (t[0, 0].float().cpu().numpy() for t in (x, recon, mask))
-    rows = list(range(min(4, x.shape[0])))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.8 * len(rows)), sharex=True, squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
-        ax.fill_between(np.arange(x.shape[1]), x[row].min(), x[row].max(), where=mask[row] > 0.5,
-                        color="0.9", step="mid", label="masked")
-        ax.plot(x[row], color="k", lw=0.8, label="input")
-        ax.plot(np.where(mask[row] > 0.5, recon[row], np.nan), color="tab:blue", lw=0.8,
-                label="reconstruction (masked part)")
-        ax.set_ylabel(row_names[row] if row < len(row_names) else f"row {row}")
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
-    axes[-1, 0].set_xlabel("sample")
-    fig.tight_layout()
-    return fig
+    names = [str(row_names[i]) if i < len(row_names) else f"row {i}" for i in range(x.shape[0])]
+    return ecg_reconstruction_figure(x, recon, mask, float(sampling_rate or 1.0), names,
+                                     title="validation record: MAE reconstruction")
 
 
 # ---- SimCLR ------------------------------------------------------------------------------------------
@@ -255,6 +318,11 @@ class SimCLR(Objective):
 
     def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
         return {"views": views_figure(batch["view1"][:6], batch["view2"][:6])}
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The encoder's pooled features of the plain image (not the projections)."""
+        (x,) = self.inputs(batch, "cmr")
+        return {"cmr": self.net.forward_features(x)}
 
     def exports(self) -> dict[str, dict]:
         return {"encoder.pth": self.encoder_export(self.net.encoder_state_dict())}
@@ -413,6 +481,26 @@ class MMCL(Objective):
             metrics.update({f"ecg_{k}": v for k, v in monitors.items()})
         return metrics
 
+    saliency_methods = ("similarity",)
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Each encoder's pooled features (what fine-tuning starts from), not the projections."""
+        ecg, cmr = self.inputs(batch, "ecg", "cmr")
+        return {"ecg": self.ecg_net.forward_features(ecg), "cmr": self.cmr_net.forward_features(cmr)}
+
+    def explain(self, batch: dict, method: str, target: Optional[int] = None, **options: Any) -> list[SaliencyMap]:
+        """Where in each modality the other modality's embedding is most similar: each ECG token's and
+        each CMR region's projection against the partner's embedding (cosine)."""
+        ecg, cmr = self.inputs(batch, "ecg", "cmr")
+        with torch.no_grad():
+            z_ecg = self.ecg_projector(self.ecg_net.forward_features(ecg))
+            z_cmr = self.cmr_projector(self.cmr_net.forward_features(cmr))
+            pair = F.cosine_similarity(z_ecg.float(), z_cmr.float(), dim=1)
+            return [SaliencyMap("ecg", method, "the paired CMR's embedding",
+                                saliency.signal_token_similarity(self.ecg_net, self.ecg_projector, ecg, z_cmr), pair),
+                    SaliencyMap("cmr", method, "the paired ECG's embedding",
+                                saliency.image_region_similarity(self.cmr_net, self.cmr_projector, cmr, z_ecg), pair)]
+
     def load_pretrained(self) -> Optional[str]:
         """The encoders' initial weights (``ecg_weights``, ``cmr_weights``); returns the files used."""
         from models.weights import load_pretrained
@@ -531,6 +619,51 @@ class Classification(Objective):
                         ", ".join(map(str, skipped)))
         return metrics
 
+    @property
+    def saliency_methods(self) -> tuple[str, ...]:
+        if isinstance(self.net, ResNetEncoder):
+            return ("grad_cam", "integrated_gradients")
+        return ("integrated_gradients", "attention_rollout", "last_block_attention")
+
+    @property
+    def class_names(self) -> list:
+        return self.label_names or [f"output {i}" for i in range(self.num_classes)]
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The encoder's pooled features, the input of the head."""
+        (x,) = self.inputs(batch, self.field)
+        return {self.field: self.net.forward_features(x)}
+
+    def class_scores(self, batch: dict) -> torch.Tensor:
+        """(B, C): probabilities (softmax for multiclass, sigmoid otherwise); regression: the outputs."""
+        (x,) = self.inputs(batch, self.field)
+        with torch.no_grad():
+            logits = self.net(x).float()
+        if self.task_type == "multiclass":
+            return logits.softmax(dim=1)
+        return logits if self.task_type == "regression" else logits.sigmoid()
+
+    def explain(self, batch: dict, method: str, target: Optional[int] = None, **options: Any) -> list[SaliencyMap]:
+        """Maps of output ``target`` for the input field: ``integrated_gradients`` (of the logit, from a
+        zero input; ``steps``), ``attention_rollout`` / ``last_block_attention`` (signal ViT: of the
+        pooled vector, so the same for every class) or ``grad_cam`` (ResNet: its last stage)."""
+        (x,) = self.inputs(batch, self.field)
+        if method == "integrated_gradients":
+            maps = saliency.integrated_gradients(self.net, x, target, steps=int(options.get("steps", 32)))
+        elif method == "grad_cam" and isinstance(self.net, ResNetEncoder):
+            maps = saliency.grad_cam(self.net, self.net.layer4, x, target)
+        elif method == "attention_rollout" and not isinstance(self.net, ResNetEncoder):
+            maps = saliency.attention_rollout(self.net, x)
+        elif method == "last_block_attention" and not isinstance(self.net, ResNetEncoder):
+            maps = saliency.last_block_attention(self.net, x)
+        else:
+            raise ConfigError(f"saliency method '{method}' does not apply to this classifier; it has "
+                              f"{', '.join(self.saliency_methods)}")
+        if method in ("attention_rollout", "last_block_attention") or target is None:
+            return [SaliencyMap(self.field, method, "the pooled features", maps)]  # the same for every class
+        return [SaliencyMap(self.field, method, str(self.class_names[target]), maps,
+                            self.class_scores(batch)[:, target])]
+
     def confidence_intervals(self, gathered: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict:
         """Percentile bootstrap 95% intervals of the metrics of one gathered split."""
         return bootstrap_ci(self.task_type, gathered["label"], gathered["logits"], n_boot=n_boot, seed=seed,
@@ -565,6 +698,11 @@ class Classification(Objective):
 def _classification_loss(task_type: str, loss: Mapping[str, Any], train_labels: Optional[np.ndarray],
                          num_classes: int) -> ClassificationLoss:
     class_weights = pos_weight = None
+    if train_labels is None and (loss["class_weights"] == "balanced" or loss["pos_weight"]):
+        # a classifier rebuilt for inference (main_artifacts.py) on data without a train split
+        log.info("no training labels: the loss is not weighted (class_weights=balanced / pos_weight need them)")
+        return ClassificationLoss(task_type, label_smoothing=float(loss["label_smoothing"] or 0.0),
+                                  num_classes=None if task_type == "regression" else num_classes)
     if loss["class_weights"] == "balanced":
         class_weights = class_weights_from_labels(train_labels, num_classes)
     elif loss["class_weights"] is not None:
