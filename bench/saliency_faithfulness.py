@@ -1,8 +1,8 @@
 """Are the ECG saliency maps faithful? A deletion test on the demo data.
 
-    python bench/saliency_faithfulness.py [--data-dir data] [--epochs 8] [--steps 16] [--fraction 0.1]
+    python bench/saliency_faithfulness.py [--data-dir data] [--epochs 5] [--steps 16] [--fraction 0.1]
 
-Trains an ECG classifier from scratch on the demo data (all training labels, ``main_finetune.py``),
+Trains an ECG classifier from scratch on the demo data (half the training labels, ``main_finetune.py``),
 loads its best checkpoint the way ``main_artifacts.py`` does, and for every test ECG and every ECG
 method (integrated gradients, attention rollout, last-block attention) zeroes the ``fraction`` of
 samples the map ranks highest, and, separately, a random ``fraction``. The score is the classifier's
@@ -35,10 +35,10 @@ from util.cli import run_cli  # noqa: E402
 from util.config import Config, load_yaml  # noqa: E402
 
 
-def train(data_dir: str, run_dir: str, epochs: int, seed: int) -> str:
-    """A demo classifier from scratch on every training label; returns its best checkpoint."""
+def train(data_dir: str, run_dir: str, epochs: int, fraction: float, seed: int) -> str:
+    """A demo classifier from scratch on ``fraction`` of the training labels; returns its best checkpoint."""
     argv = [f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir}/logs",
-            "model.pretrained_weights=null", "data.train_fraction=1.0", "data.batch_size=32",
+            "model.pretrained_weights=null", f"data.train_fraction={fraction}", "data.batch_size=32",
             f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null", "trainer.enable_progress_bar=false",
             "extras.print_config=false", f"seed={seed}", "tags=[bench]"]
     if run_cli(main_finetune.main, "finetune", argv=argv, prog="main_finetune.py") != 0:
@@ -52,7 +52,8 @@ def train(data_dir: str, run_dir: str, epochs: int, seed: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="where the demo data is (built there when missing)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--train-fraction", type=float, default=0.5, help="of the demo's training labels")
     parser.add_argument("--steps", type=int, default=16, help="integrated-gradients steps")
     parser.add_argument("--fraction", type=float, default=0.1, help="fraction of each ECG's samples deleted")
     parser.add_argument("--target", default="BBB", help="the class whose probability is tested")
@@ -65,7 +66,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.checkpoint or train(os.path.abspath(args.data_dir), os.path.join(tmp, "finetune"), args.epochs,
-                                        args.seed)
+                                        args.train_fraction, args.seed)
         ckpt = load_checkpoint(path)
         data_cfg = Config(load_yaml(ckpt["config"])["data"], _node_path="data")
         data = build_data(data_cfg, ["test"], seed=args.seed, training=False)
