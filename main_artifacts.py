@@ -307,8 +307,9 @@ def check_saliency_config(cfg: Config, objective) -> list[str]:
     return methods if (cfg.record_id is not None or int(cfg.saliency.first_n) > 0) else []
 
 
-def write_saliency(cfg: Config, objective, data, methods: list[str], run_logger: RunLogger, index: Index) -> int:
-    """Maps and figures of the chosen records; returns how many maps were written."""
+def write_saliency(cfg: Config, objective, data, records: list, methods: list[str], run_logger: RunLogger,
+                   index: Index) -> int:
+    """Maps and figures of ``records`` (``chosen_records``); returns how many maps were written."""
     import matplotlib.pyplot as plt
 
     from util.plots import ecg_figure, image_overlay_figure
@@ -316,7 +317,7 @@ def write_saliency(cfg: Config, objective, data, methods: list[str], run_logger:
     out = os.path.join(cfg.paths.output_dir, "saliency")
     os.makedirs(out, exist_ok=True)
     written = 0
-    for split, position, rid in chosen_records(cfg, data):
+    for split, position, rid in records:
         sample = data.loaders[split].dataset[(position, 0)]
         batch = engine.to_device(default_collate([sample]), next(objective.parameters()).device)
         scores = objective.class_scores(batch)
@@ -380,17 +381,20 @@ def main(cfg: Config) -> dict:
     objective = load_model(cfg, path, ckpt, data, rt)
     objective.eval()
     methods = check_saliency_config(cfg, objective)
+    records = chosen_records(cfg, data) if methods else []  # an unknown id is refused before any work
 
     output_dir = cfg.paths.output_dir
     index = Index(output_dir)
     run_logger = RunLogger(cfg.logger, output_dir, enabled=rt.is_main)
     summary: dict = {"checkpoint": path, "model": type(objective).__name__}
     try:
-        by_name = write_embeddings(cfg, data_cfg.dataset_key, objective, data, rt, index) if cfg.embeddings and cfg.splits else {}
+        wanted = cfg.embeddings and cfg.splits
+        by_name = write_embeddings(cfg, data_cfg.dataset_key, objective, data, rt, index) if wanted else {}
         if rt.is_main:
             if by_name and cfg.figures.embedding_map:
                 embedding_maps(cfg, by_name, data.info.task_type, run_logger, index)
-            summary["saliency_maps"] = write_saliency(cfg, objective, data, methods, run_logger, index) if methods else 0
+            summary["saliency_maps"] = (write_saliency(cfg, objective, data, records, methods, run_logger, index)
+                                        if methods else 0)
             summary.update({f"{split}/records": len(data.records[split]) for split in cfg.splits})
             log.info("wrote %d files; their index is %s", len(index.entries), index.write(summary))
     finally:

@@ -45,7 +45,9 @@ def train(data_dir: str, run_dir: str, epochs: int, fraction: float, seed: int) 
         raise SystemExit("fine-tuning failed; see the log above")
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    print(f"classifier: best epoch {metrics['best_epoch']}, test macro AUROC {metrics['test']['auroc_macro']:.3f}")
+    per_class = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in metrics["test"].items() if k.startswith("auroc/"))
+    print(f"classifier: best epoch {metrics['best_epoch']}, test macro AUROC {metrics['test']['auroc_macro']:.3f} "
+          f"({per_class})")
     return metrics["checkpoint"]
 
 

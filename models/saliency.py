@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SaliencyMap", "integrated_gradients", "attention_rollout", "last_block_attention", "tokens_to_signal", "grad_cam",
+__all__ = ["SaliencyMap", "integrated_gradients", "attention_rollout", "last_block_attention", "tokens_to_signal",
+           "grad_cam",
            "signal_token_similarity", "image_region_similarity", "deletion_test"]
 
 
@@ -42,7 +43,7 @@ class SaliencyMap:
 
 
 def integrated_gradients(forward: Callable, x: torch.Tensor, target: Optional[int], *, steps: int = 32,
-                         baseline: Optional[torch.Tensor] = None, internal_batch_size: int = 16) -> torch.Tensor:
+                         baseline: Optional[torch.Tensor] = None, internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017) of ``forward(x)[:, target]`` (``target`` None:
     ``forward`` returns one score per sample) from ``baseline`` (zeros: a flat line at 0 mV / a black
     image) to ``x``; ``(B, ...)`` like ``x``, float32."""
@@ -52,7 +53,7 @@ def integrated_gradients(forward: Callable, x: torch.Tensor, target: Optional[in
     baseline = torch.zeros_like(x) if baseline is None else baseline.to(x)
     ig = IntegratedGradients(forward)
     return ig.attribute(x, baselines=baseline, target=target, n_steps=int(steps),
-                        internal_batch_size=int(internal_batch_size)).detach()
+                        internal_batch_size=max(int(internal_batch_size), len(x))).detach()
 
 
 def _attention_maps(vit: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -92,7 +92,7 @@ def test_two_gloo_processes_write_the_embeddings_of_one_process(demo, tmp_path):
     root, ckpt = demo
     one, two = tmp_path / "one", tmp_path / "two"
     common = [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs", f"ckpt_path={ckpt}", *ECG_DATA[:3],
-              "saliency.first_n=0", "figures.embedding_map=false", *QUIET]
+              "saliency.first_n=0", "figures.embedding_map=false", "+fold=2", "splits=[train,val]", *QUIET]
     assert artifacts(root, one, *common[2:]) == 0
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO, "main_artifacts.py"),
@@ -101,7 +101,9 @@ def test_two_gloo_processes_write_the_embeddings_of_one_process(demo, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a = torch.load(one / "demo_ecg_embeddings.pt", weights_only=True)
     b = torch.load(two / "demo_ecg_embeddings.pt", weights_only=True)
-    for split in a:  # 19 test / val records: uneven shards, padded by the sampler and dropped again
+    # fold 2: 61 train and 15 val records, uneven shards: padded by the sampler, then dropped again
+    assert [len(a[split]["record_ids"]) for split in ("train", "val")] == [61, 15]
+    for split in a:
         assert a[split]["record_ids"] == b[split]["record_ids"]
         assert (a[split]["embeddings"] - b[split]["embeddings"]).abs().max() <= 1e-5
 
@@ -131,6 +133,25 @@ def test_an_unknown_record_id_is_one_error_that_says_where_valid_ids_are(demo, t
     assert artifacts(root, tmp_path, f"ckpt_path={ckpt}", *ECG_DATA[:3], "record_id=[nope]", "embeddings=false") == 2
     err = capsys.readouterr().err
     assert "record_id nope is not in the" in err and "record_ids.txt" in err and "Traceback" not in err
+
+
+def test_an_mae_checkpoint_embeds_the_mean_encoder_token_and_has_no_saliency(demo, tmp_path, capsys):
+    root, _ = demo
+    run = tmp_path / "mae"
+    assert run_main(main_pretrain.main, "pretrain", [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs",
+                                                     f"hydra.run.dir={run}", "model.size=pluto",
+                                                     "model.patch_size=[1,50]", "data.time_steps=500",
+                                                     "data.batch_size=8", "data.num_workers=0",
+                                                     "trainer.max_epochs=1", *QUIET]) == 0
+    ckpt = sorted((run / "checkpoints").glob("epoch_*.pt"))[-1]
+    out = tmp_path / "out"
+    assert artifacts(root, out, f"ckpt_path={ckpt}", *ECG_DATA[:3], "splits=[test]", "figures.embedding_map=false",
+                     "saliency.first_n=2") == 0  # auto: nothing to explain, so no maps
+    test = torch.load(out / "demo_ecg_embeddings.pt", weights_only=True)["test"]
+    assert test["embeddings"].shape == (len(test["record_ids"]), 256) and torch.isfinite(test["embeddings"]).all()
+    assert not any(e["kind"] == "saliency_map" for e in json.loads((out / "artifacts.json").read_text())["files"])
+    assert artifacts(root, tmp_path / "x", f"ckpt_path={ckpt}", *ECG_DATA[:3], "saliency.methods=[grad_cam]") == 2
+    assert "MAEPretraining has no saliency maps" in capsys.readouterr().err
 
 
 def test_an_encoder_file_embeds_with_its_model_config_and_has_no_saliency(demo, tmp_path, capsys):
@@ -168,7 +189,8 @@ def test_cmr_classifier_grad_cam_and_mmcl_similarity_maps(demo, tmp_path):
     base = [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs", "data.batch_size=8", "data.num_workers=0",
             "data.train_fraction=1.0", "trainer.max_epochs=1", *QUIET]
     cmr_run = tmp_path / "cmr"
-    assert run_main(main_finetune.main, "finetune", [*base, f"hydra.run.dir={cmr_run}", "experiment=fine_tuning/cmr_demo",
+    assert run_main(main_finetune.main, "finetune", [*base, f"hydra.run.dir={cmr_run}",
+                                                     "experiment=fine_tuning/cmr_demo",
                                                      "data.img_size=32", "model.size=resnet18",
                                                      "model.pretrained_weights=null"]) == 0
     ckpt = json.loads((cmr_run / "metrics.json").read_text())["checkpoint"]
@@ -178,10 +200,36 @@ def test_cmr_classifier_grad_cam_and_mmcl_similarity_maps(demo, tmp_path):
     entries = json.loads((out / "artifacts.json").read_text())["files"]
     cams = [e for e in entries if e["kind"] == "saliency_map" and e["method"] == "grad_cam"]
     assert cams and all(np.load(out / e["file"]).shape == (1, 32, 32) for e in cams)
-    assert torch.load(out / "demo_cmr_embeddings.pt", weights_only=True)["test"]["embeddings"].shape[1] == 512
+    from_classifier = torch.load(out / "demo_cmr_embeddings.pt", weights_only=True)["test"]
+    assert from_classifier["embeddings"].shape[1] == 512
+    # its encoder as an encoder file (torchvision names): the same vectors through model=cmr_embedding
+    state = {k[len("net."):]: v for k, v in load_checkpoint(ckpt)["model"].items()
+             if k.startswith("net.") and not k.startswith("net.head.")}
+    torch.save({"model": state}, tmp_path / "image_encoder.pth")
+    out = tmp_path / "cmr_encoder_artifacts"
+    assert artifacts(root, out, f"ckpt_path={tmp_path}/image_encoder.pth", "experiment=embeddings/cmr_demo",
+                     "data.img_size=32", "splits=[test]", "figures.embedding_map=false") == 0
+    from_file = torch.load(out / "demo_cmr_embeddings.pt", weights_only=True)["test"]
+    assert from_file["record_ids"] == from_classifier["record_ids"]
+    assert (from_file["embeddings"] - from_classifier["embeddings"]).abs().max() <= 1e-5
+
+    # a SimCLR checkpoint (trained on two views) embeds the plain frames
+    simclr_run = tmp_path / "simclr"
+    assert run_main(main_pretrain.main, "pretrain", [*base, f"hydra.run.dir={simclr_run}",
+                                                     "experiment=pre_training/cmr_demo", "data.img_size=32",
+                                                     "model.size=resnet18", "model.projection_hidden_dim=32",
+                                                     "model.projection_dim=16", "model.knn_k=5",
+                                                     "model.probe_folds=2"]) == 0
+    simclr = sorted((simclr_run / "checkpoints").glob("epoch_*.pt"))[-1]
+    out = tmp_path / "simclr_artifacts"
+    assert artifacts(root, out, f"ckpt_path={simclr}", "experiment=embeddings/cmr_demo", "data.img_size=32",
+                     "splits=[val]", "figures.embedding_map=false") == 0
+    val = torch.load(out / "demo_cmr_embeddings.pt", weights_only=True)["val"]
+    assert val["embeddings"].shape == (len(val["record_ids"]), 512)
 
     mmcl_run = tmp_path / "mmcl"
-    assert run_main(main_pretrain.main, "pretrain", [*base, f"hydra.run.dir={mmcl_run}", "experiment=pre_training/mmcl_demo",
+    assert run_main(main_pretrain.main, "pretrain", [*base, f"hydra.run.dir={mmcl_run}",
+                                                     "experiment=pre_training/mmcl_demo",
                                                      "data.ecg.time_steps=500", "data.cmr.img_size=32",
                                                      "model.ecg_encoder.patch_size=[1,50]", "model.ecg_weights=null",
                                                      "model.cmr_weights=null", "model.projection_dim=16",

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from util.plots import STANDARD_LEADS, ecg_figure, ecg_reconstruction_figure, embedding_map_figure, image_overlay_figure  # noqa: E402
+from util.plots import (STANDARD_LEADS, ecg_figure, ecg_reconstruction_figure,  # noqa: E402
+                        embedding_map_figure, image_overlay_figure)
 
 FS, T = 500, 2500
 

@@ -118,4 +118,5 @@ def test_mmcl_similarity_maps_are_cosines_in_the_input_shapes():
     assert ecg_map.abs().max() <= 1 + 1e-5 and cmr_map.abs().max() <= 1 + 1e-5
     # a token's similarity to its own projection direction is 1 at that token
     own = ecg_head(vit.fc_norm(vit.forward_tokens(ecg)[:, 1 + 7]))
-    assert abs(float(saliency.signal_token_similarity(vit, ecg_head, ecg, own)[0, 0, 7 // 4, (7 % 4) * 50 + 25]) - 1) < 1e-4
+    similarity = saliency.signal_token_similarity(vit, ecg_head, ecg, own)
+    assert abs(float(similarity[0, 0, 7 // 4, (7 % 4) * 50 + 25]) - 1) < 1e-4

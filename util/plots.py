@@ -38,7 +38,8 @@ class _Paper:
         self.x0 = -2.0 * CALIBRATION_S  # room for the calibration pulse before t = 0
         width_mm = (seconds - self.x0) * MM_PER_S
         height_mm = rows * band * MM_PER_MV
-        size = (min(width_mm * SCALE / MM_PER_INCH + 1.8, 40), min(height_mm * SCALE / MM_PER_INCH + 1.2 + extra_height, 60))
+        size = (min(width_mm * SCALE / MM_PER_INCH + 1.8, 40),
+                min(height_mm * SCALE / MM_PER_INCH + 1.2 + extra_height, 60))
         self.fig, self.ax = plt.subplots(figsize=size)
         if title:
             self.ax.set_title(title, fontsize=10, loc="left")
@@ -119,13 +120,12 @@ def _segments(names: Sequence[str], T: int, layout: str, rhythm_lead: str) -> li
     return [(i, i, 0, T) for i in range(len(names))]
 
 
-def _norm(values: np.ndarray) -> tuple[Normalize, bool]:
-    """Colour scale of a map: 0..max, or symmetric around 0 when it has negative values."""
-    low, high = float(np.min(values)), float(np.max(values))
-    if low < 0:
-        m = max(abs(low), abs(high)) or 1.0
-        return Normalize(-m, m), True
-    return Normalize(0.0, high if high > 0 else 1.0), False
+def _norm(values: np.ndarray, percentile: float = 100.0) -> tuple[Normalize, bool]:
+    """Colour scale of a map: 0..max, or symmetric around 0 when it has negative values. Below 100,
+    ``percentile`` of |values| tops the scale, so a few extreme samples do not wash out the rest."""
+    diverging = float(np.min(values)) < 0
+    top = float(np.percentile(np.abs(values), percentile)) or float(np.max(np.abs(values))) or 1.0
+    return (Normalize(-top, top) if diverging else Normalize(0.0, top)), diverging
 
 
 def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[str], *,
@@ -135,7 +135,7 @@ def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[st
     3x4: the clinical rows (I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6, each column a quarter of the
     record) and a ``rhythm_lead`` strip (leads other than the standard 12 fall back to 12x1).
     ``saliency`` ``(leads, T)``: drawn as colour inside each lead's own band (a diverging scale when it
-    has negative values)."""
+    has negative values; the colour saturates at the 99.5th percentile of |saliency|)."""
     signal = np.asarray(signal, dtype=np.float64)
     if signal.ndim != 2 or len(lead_names) != signal.shape[0]:
         raise ValueError(f"signal must be (leads, T) with one name per lead; got {signal.shape} and "
@@ -149,8 +149,8 @@ def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[st
     paper = _Paper(T / sampling_rate, max(r for r, *_ in strips) + 1, _band(signal), title,
                    extra_height=0.4 if saliency is not None else 0.0)
     norm = None
-    if saliency is not None:
-        norm, diverging = _norm(saliency)
+    if saliency is not None:  # the top 0.5% of samples saturate, so the rest of a sparse map stays visible
+        norm, diverging = _norm(saliency, percentile=99.5)
         cmap = "RdBu_r" if diverging else cmap
     t = np.arange(T) / sampling_rate
     for row in sorted({r for r, *_ in strips}):
@@ -263,10 +263,11 @@ def _scatter(ax, points: np.ndarray, groups, names, values) -> None:
     present = [g for g in np.unique(groups)]
     by_size = sorted(present, key=lambda g: -(groups == g).sum())
     shown, other = by_size[:19], by_size[19:]
-    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    # tab10's colours are the most distinct; tab20 (pairs of shades) only when there are more groups
+    colours = plt.cm.tab10(np.arange(10)) if len(shown) <= 10 else plt.cm.tab20(np.arange(20))
     for k, g in enumerate(shown):
         name = names[g]
-        colour = "0.6" if name == "multiple" else ("k" if name == "none" else colours[k % 20])
+        colour = "0.6" if name == "multiple" else ("k" if name == "none" else colours[k % len(colours)])
         at = groups == g
         ax.scatter(points[at, 0], points[at, 1], s=8, color=colour, label=f"{name} ({int(at.sum())})")
     if other:
@@ -275,8 +276,8 @@ def _scatter(ax, points: np.ndarray, groups, names, values) -> None:
     ax.legend(fontsize=7, markerscale=1.5, loc="best", frameon=True)
 
 
-def embedding_map_figure(embeddings: np.ndarray, labels: Optional[np.ndarray], label_names: Optional[Sequence[str]] = None,
-                         *, task_type: Optional[str] = None, title: Optional[str] = None, max_points: int = 5000,
+def embedding_map_figure(embeddings: np.ndarray, labels: Optional[np.ndarray],
+                         label_names: Optional[Sequence[str]] = None, *, task_type: Optional[str] = None, title: Optional[str] = None, max_points: int = 5000,
                          seed: int = 0, perplexity: float = 30.0) -> plt.Figure:
     """PCA and t-SNE of ``embeddings`` ``(N, D)`` to 2-D side by side, coloured by ``labels`` (class
     indices, multi-hot rows, regression targets, or None); at most ``max_points`` (a fixed subset)."""
