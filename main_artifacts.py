@@ -210,7 +210,7 @@ def embedding_maps(cfg: Config, by_name: dict, task_type: Optional[str], run_log
     """PCA and t-SNE of every split's embeddings, coloured by label."""
     import matplotlib.pyplot as plt
 
-    from util.plots import embedding_map_figure
+    from models.figures import embedding_map_figure
 
     for name, splits in by_name.items():
         for split, payload in splits.items():
@@ -312,7 +312,7 @@ def write_saliency(cfg: Config, objective, data, records: list, methods: list[st
     """Maps and figures of ``records`` (``chosen_records``); returns how many maps were written."""
     import matplotlib.pyplot as plt
 
-    from util.plots import ecg_figure, image_overlay_figure
+    from models.figures import ecg_figure, image_overlay_figure
 
     out = os.path.join(cfg.paths.output_dir, "saliency")
     os.makedirs(out, exist_ok=True)

@@ -73,7 +73,7 @@ def build_data(data_cfg: Mapping, splits: Sequence[str], *, seed: int, world_siz
         if name == "train":
             info.splits[name].update(train_fraction=data_cfg["train_fraction"], subset_seed=data_cfg["subset_seed"])
     return Data(loaders=loaders, info=info, device_transforms=source.device_transforms if training else {},
-                records=records, record_ids=source.record_ids)
+                records=records, record_ids=getattr(source, "record_ids", None))
 
 
 def _train_records(source, data_cfg: Mapping):

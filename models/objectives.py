@@ -255,8 +255,8 @@ class MAEPretraining(Objective):
 def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator,
                           sampling_rate: Optional[float] = None):
     """Input vs reconstruction of every lead of one signal, masked patches shaded, on ECG paper
-    (seconds, mV; ``util.plots``). Without a sampling rate the time axis counts samples / 1 Hz."""
-    from util.plots import ecg_reconstruction_figure
+    (seconds, mV; ``models.figures``). Without a sampling rate the time axis counts samples / 1 Hz."""
+    from models.figures import ecg_reconstruction_figure
 
     with torch.no_grad():
         recon, mask = mae.reconstruct(x, generator=generator)

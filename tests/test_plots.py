@@ -1,4 +1,4 @@
-"""The figures (util/plots.py): ECG paper with lead names, seconds and mV, saliency kept inside each
+"""The figures (models/figures.py): ECG paper with lead names, seconds and mV, saliency kept inside each
 lead's band, the clinical 3x4 layout, the MAE reconstruction, the CMR overlay and embedding maps."""
 import matplotlib
 
@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from util.plots import (STANDARD_LEADS, ecg_figure, ecg_reconstruction_figure,  # noqa: E402
+from models.figures import (STANDARD_LEADS, ecg_figure, ecg_reconstruction_figure,  # noqa: E402
                         embedding_map_figure, image_overlay_figure)
 
 FS, T = 500, 2500
