@@ -40,7 +40,7 @@ from util.errors import CheckpointError, ConfigError, NonFiniteLossError, Preemp
 from util.lr_sched import absolute_lr, lr_at, set_lr
 from util.preemption import PreemptionWatcher
 from util.profiler import Profiler
-from util.run_logger import LOGGER_SCHEMA, RunLogger
+from util.run_logger import LOGGER_SCHEMA, RunLogger, check_installed
 from util.schema import AnyOf, Bool, Choice, Float, Int, List, Problem, SchemaError, Section, Str, check
 from util.seeding import derive_seed, rng_state
 from util.train_state import TrainState, check_checkpoint_kind, run_identity
@@ -87,6 +87,7 @@ CALLBACKS_SCHEMA = {
         "monitor": Str(), "min_delta": Float(min=0), "patience": Int(min=1), "mode": _MODE, "strict": Bool(),
         "check_finite": Bool(), "stopping_threshold": Float(nullable=True),
         "divergence_threshold": Float(nullable=True), "verbose": Bool()}, required=False, nullable=True),
+    "lr_monitor": Section({"logging_interval": Choice("step", "epoch")}, required=False, nullable=True),
 }
 PATHS_SCHEMA = {k: Str() for k in ("root_dir", "data_dir", "log_dir", "output_dir", "work_dir", "weights_dir")}
 # the top-level keys every training main reads; a main adds its own (e.g. eval_only)
@@ -116,6 +117,7 @@ def check_config(cfg: Config, main_schema: Optional[dict] = None) -> None:
             problems += check(model, schema, "model", closed=True)
     if problems:
         raise SchemaError(problems)
+    check_installed(cfg.get("logger"))  # a chosen wandb / mlflow that is not installed: refused now
 
 
 def _objective_schema(model_cfg: Config, problems: list) -> Optional[dict]:
@@ -248,6 +250,7 @@ class LoopSettings:
     max_nonfinite_steps: int
     progress_bar: bool
     profiler: Optional[str]
+    lr_logging: Optional[str] = None     # callbacks.lr_monitor.logging_interval: step | epoch | None (no train/lr)
     lr: float = 0.0                      # the LR schedule, from the objective's optim block (fit)
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
@@ -473,7 +476,9 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
         if loop.run_logger is not None and loop.rt.is_main and state.step % s.log_every_n_steps == 0:
             now = time.perf_counter()
             step_logs = {f"train/{k}": v for k, v in scalars.items()}
-            step_logs.update({"train/lr": lr, "train/grad_norm": grad_norm,
+            if s.lr_logging == "step":
+                step_logs["train/lr"] = lr
+            step_logs.update({"train/grad_norm": grad_norm,
                               "train/samples_per_s": samples_since * loop.rt.world_size / max(now - t_last, 1e-9)})
             loop.run_logger.log(step_logs, state.step, epoch=epoch)
             t_last, samples_since = now, 0
@@ -708,6 +713,8 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     optimizer, lr = build_optimizer(objective, effective_batch)
     s.lr, s.min_lr, s.warmup_epochs = lr, float(optim["min_lr"]), float(optim["warmup_epochs"])
     s.schedule_epochs = float(optim["epochs"] or s.max_epochs)
+    lr_monitor = (cfg.callbacks or {}).get("lr_monitor")
+    s.lr_logging = lr_monitor.logging_interval if lr_monitor is not None else None
     log.info("effective batch %d (batch %d x accumulate %d x world %d), lr %.3g (blr %s / divisor %s)",
              effective_batch, train_loader.batch_size, s.accumulate_grad_batches, rt.world_size, lr, optim["blr"],
              optim["lr_batch_divisor"])
@@ -732,7 +739,8 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
         log.info("resumed from %s at epoch %d%s (step %d)", resume_path, state.epochs_done,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "", state.step)
     config_yaml = to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
-    run_logger = RunLogger(cfg.logger, output_dir, enabled=rt.is_main)
+    run_logger = RunLogger(cfg.logger, output_dir, enabled=rt.is_main,
+                           run_config={k: v for k, v in cfg.items() if k != "hydra"})
     watcher = PreemptionWatcher(rt.device)
     profiler = Profiler(s.profiler, output_dir, rt.device, enabled=rt.is_main)
     loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher)
@@ -759,7 +767,8 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
                                                            torch.Generator(device=rt.device).manual_seed(val_seed))
                     _log_figures(run_logger, figures, state.step, epoch, output_dir)
             if rt.is_main:
-                run_logger.log({k: v for k, v in metrics.items() if k != "train/lr"}, state.step, epoch=epoch)
+                run_logger.log({k: v for k, v in metrics.items() if k != "train/lr" or s.lr_logging == "epoch"},
+                               state.step, epoch=epoch)
                 shown = [k for k in metrics if headline is None or k.split("/", 1)[-1] in headline]
                 log.info("epoch %d: %s", epoch, "  ".join(f"{k} {metrics[k]:.4g}" for k in shown))
             state.history = {**state.history, **metrics, "epoch": epoch}
