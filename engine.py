@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from util import distributed
+from util import distributed, sweeps
 from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpoint
 from util.collectives import convert_sync_batchnorm
 from util.cli import EXTRAS_SCHEMA
@@ -779,6 +779,8 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
             if rt.is_main and not s.fast_dev_run:
                 checkpoints.save(state.state_dict(config=config_yaml), epoch, metrics)
             distributed.barrier()
+            if any(k.startswith("val/") for k in metrics):
+                sweeps.after_validation(epoch, metrics)  # a search's pruner may stop the trial here
             if stop:
                 log.info("early stopping after epoch %d: %s", epoch, early_stopping.reason)
                 break

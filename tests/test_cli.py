@@ -130,7 +130,7 @@ def test_multirun_makes_one_directory_per_job_and_a_summary(tmp_path):
     res = run_noop(tmp_path, "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1,2")
     assert res.returncode == 0, res.stderr
     sweep_dir = only_dir(tmp_path / "finetune" / "multiruns")
-    assert sorted(os.listdir(sweep_dir)) == [".results", "0", "1", "multirun.yaml", "summary.json"]
+    assert sorted(os.listdir(sweep_dir)) == [".results", "0", "1", "multirun.yaml", "summary.csv", "summary.json"]
     summary = json.load(open(os.path.join(sweep_dir, "summary.json")))
     assert [j["overrides"] for j in summary["jobs"]] == [
         [f"paths.log_dir={tmp_path}", "trainer.max_epochs=1"],
@@ -158,7 +158,7 @@ def test_sweep_summary_holds_each_jobs_returned_metrics_and_job_index_runs_one(t
                            "hydra.sweep.dir=" + str(tmp_path / "sweep"), "--job-index", "1"]
     assert cli.run_cli(_objective, "finetune", argv=argv_one, prog="main_finetune.py") == 0
     assert sorted(os.listdir(tmp_path / "sweep")) == [".results", "0", "1", "2", "multirun.yaml",
-                                                      "summary.json"]
+                                                      "summary.csv", "summary.json"]
     summary = json.load(open(tmp_path / "sweep" / "summary.json"))
     assert [j["metrics"]["lr"] for j in summary["jobs"]] == [None, 0.5, None]
     argv_bad = argv + ["--job-index", "3"]
@@ -207,7 +207,7 @@ def config_copy(tmp_path):
           max_epochs: 3
         tags: [short]
         """))
-    (configs / "hparams_search").mkdir()
+    (configs / "hparams_search").mkdir(exist_ok=True)
     (configs / "hparams_search" / "epochs.yaml").write_text(textwrap.dedent("""\
         # @package _global_
         hydra:

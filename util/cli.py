@@ -10,6 +10,7 @@ A sweep (``-m`` or ``hydra.mode: MULTIRUN``): one numbered job directory under
 job's overrides, directory, status and the metrics dict its ``main`` returned.
 ``--job-index N`` runs only job N of the sweep (one SLURM array task per job).
 Bad input exits with code 2 and one message on stderr; ``HYDRA_FULL_ERROR=1`` shows the traceback.
+``--help`` also lists the config groups, their options and the primary's defaults list (``config_help``).
 """
 from __future__ import annotations
 
@@ -22,17 +23,15 @@ import os
 import re
 import socket
 import sys
-import time
-import traceback
 from typing import Any, Callable, Optional
 
 from util import distributed
-from util.config import (Config, compose, defaults_list, expand_sweeps, resolve, resolve_key, to_yaml,
+from util.config import (Config, compose, defaults_list, resolve, resolve_key, to_yaml,
                          value_source)
 from util.errors import ConfigError, NonFiniteLossError, Preempted
 from util.files import atomic_write_text, describe_os_error
-from util.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from util.schema import Bool, SchemaError
+from util.preemption import EXIT_INTERRUPTED
+from util.schema import AnyOf, Bool, Choice, SchemaError
 from util.seeding import seed_everything
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,12 +43,41 @@ log = logging.getLogger("cli")
 MainFn = Callable[[Config], Optional[dict]]
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
+class _ConfigHelpAction(argparse.Action):
+    """``-h/--help``: argparse's flags, then the config groups and the primary's defaults (``config_help``)
+    of ``configs/`` or, when ``--config PATH`` came before ``--help``, of that file's config dir."""
+
+    def __init__(self, option_strings: list[str], primary: str, dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: Optional[str] = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.primary = primary
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        parser.print_help()
+        note = ""
+        try:
+            config_dir, name, extra = locate_config(getattr(namespace, "config", None), self.primary)
+        except ConfigError as e:
+            config_dir, name, extra = CONFIG_DIR, self.primary, []
+            note = f"({e} Listing {CONFIG_DIR} instead.)\n\n"
+        sys.stdout.write("\n" + note + config_help(config_dir, name, extra))
+        parser.exit(0)
+
+
+def build_parser(prog: str, primary: Optional[str] = None) -> argparse.ArgumentParser:
+    """The shared parser. With ``primary`` (the entry point's config), ``--help`` also lists the config
+    groups, their options and the primary's defaults list (``config_help``)."""
     p = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog, add_help=primary is None,
         description="Compose a config from configs/ (Hydra 1.3 semantics) and run this entry point.",
-        epilog="Overrides: key=value (change), +key=value (add), ++key=value (add or change), "
-               "~key (delete), group=option (choose a config). Sweeps with -m: key=a,b or range(...).")
+        epilog=None if primary else
+        "Overrides: key=value (change), +key=value (add), ++key=value (add or change), "
+        "~key (delete), group=option (choose a config). Sweeps with -m: key=a,b or range(...).")
+    if primary is not None:
+        p.add_argument("-h", "--help", action=_ConfigHelpAction, primary=primary,
+                       help="show this help, the config groups and the defaults list, and exit "
+                            "(of --config PATH's config dir when --config comes first)")
     p.add_argument("--config", metavar="PATH",
                    help="a primary config (configs/finetune.yaml) or an experiment file "
                         "(configs/experiment/.../x.yaml, composed as experiment=... on this script's primary)")
@@ -87,6 +115,122 @@ def locate_config(path: Optional[str], primary: str) -> tuple[str, str, list[str
             f"--config '{path}' is a '{group}' option, not a primary or an experiment. "
             f"Choose it with the override {group}={option} instead.")
     return config_dir, primary, [f"experiment={option}"]
+
+
+_HELP_WIDTH = 100
+
+
+def _defaults_entry(raw: Any) -> tuple[str, Any, bool]:
+    """(the written key, the option, whether it chooses a group) of one raw defaults entry
+    (``_self_`` and ``- name`` choose none)."""
+    if isinstance(raw, dict) and len(raw) == 1:
+        key, option = next(iter(raw.items()))
+        return str(key), option, True
+    return str(raw), None, False
+
+
+def _option_text(option: Any) -> str:
+    if option is None:
+        return "null"
+    return f"[{', '.join(map(str, option))}]" if isinstance(option, list) else str(option)
+
+
+def _entry_group(key: str) -> str:
+    """The group a defaults key chooses: ``override /model@x`` -> ``model``, ``optional local`` -> ``local``."""
+    group = key.split()[-1].split("@")[0]
+    return group.lstrip("/")
+
+
+def config_help(config_dir: str, primary: str, overrides: list[str] = ()) -> str:
+    """Hydra-style application help: every config group of ``config_dir`` with its options (a group is
+    a folder, an option a .yaml file; a sub-folder is a line of its own, ``experiment/fine_tuning: ...``),
+    the primary configs, the primary's defaults list with the choices it ends with (after the
+    experiment's ``override`` entries and ``overrides``), and the override syntax."""
+    import textwrap
+
+    from util.config import _Repo  # the composer's view of a config dir (group_options)
+
+    repo = _Repo(config_dir)
+    shown_dir = os.path.relpath(repo.root) if not os.path.relpath(repo.root).startswith("..") else repo.root
+    loaded = repo.load(primary)
+    entries = [_defaults_entry(raw) for raw in (loaded.defaults if loaded is not None else [])]
+    try:
+        final = dict(compose(config_dir, primary, list(overrides), mode="MULTIRUN", resolve=False)
+                     ["hydra"]["runtime"]["choices"])
+    except ConfigError:  # a config that does not compose still gets its groups listed
+        final = {}
+
+    groups = []
+    for base, dirs, _ in os.walk(repo.root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        rel = os.path.relpath(base, repo.root).replace(os.sep, "/")
+        if rel != ".":
+            groups.append(rel)
+    listed = [_entry_group(k) for k, _, chooses in entries if chooses]
+    rank = {g: i for i, g in enumerate(dict.fromkeys(listed))}
+    groups.sort(key=lambda g: (rank.get(g.split("/")[0], len(rank)), g.split("/")[0], g))
+
+    def wrapped(label: str, text: str, indent: int) -> list[str]:
+        return textwrap.wrap(text, _HELP_WIDTH, initial_indent=f"  {label:<{indent}}",
+                             subsequent_indent=" " * (indent + 2)) or [f"  {label}"]
+
+    indent = max([len(g) + 2 for g in groups] + [16])
+    lines = [f"== Config groups of {shown_dir}/ == (choose an option with group=option)", ""]
+    nested_example = own_example = None
+    for g in groups:
+        options = repo.group_options(g)
+        if options:
+            text = ", ".join(options)
+            if "/" in g and nested_example is None and g not in final:
+                top, _, sub = g.partition("/")
+                nested_example = f"{top}={sub}/{options[0]}"
+            if "/" in g and own_example is None and g in final:
+                own_example = f"{g}={options[-1]}"
+        else:
+            subs = [s for s in groups if s.startswith(g + "/")]
+            text = f"(options in {', '.join(subs)})" if subs else "(no options)"
+        lines += wrapped(f"{g}:", text, indent)
+    notes = []
+    if nested_example:
+        notes.append(f"a sub-folder's option is chosen through its group ({nested_example})")
+    if own_example:
+        notes.append(f"a sub-folder in the defaults list is a group of its own ({own_example})")
+    if notes:
+        lines += [""] + textwrap.wrap("Nested: " + "; ".join(notes) + ".", _HELP_WIDTH,
+                                      initial_indent="  ", subsequent_indent="  ")
+    primaries = sorted(f[:-5] for f in os.listdir(repo.root)
+                       if f.endswith(".yaml") and os.path.isfile(os.path.join(repo.root, f)))
+    if primaries:
+        lines += ["", f"Primary configs (--config {shown_dir}/NAME.yaml): {', '.join(primaries)}"]
+
+    lines += ["", f"== Defaults list of {primary} == (merge order, later wins; -> the choice it ends with"
+                  f"{', given ' + ' '.join(overrides) if overrides else ''})", ""]
+    key_width = max([len(k) + 1 for k, _, chooses in entries if chooses] + [8])
+    for key, option, chooses in entries:
+        if not chooses:
+            lines.append(f"  {key}")
+            continue
+        shown = _option_text(option)
+        ends = _option_text(final.get(_entry_group(key), option))
+        line = f"  {key + ':':<{key_width}} {shown}"
+        if final and ends != shown:
+            line = f"{line:<{key_width + 28}} -> {ends}"
+        lines.append(line)
+    extra_choices = [f"{g}={o}" for g, o in final.items() if "/" in g and o is not None
+                     and g not in listed]
+    if extra_choices:
+        lines.append(f"  (from the configs themselves: {', '.join(extra_choices)})")
+
+    lines += ["", "== Overrides == (Hydra 1.3 grammar)", "",
+              "  key=value        change a key (it must exist)    +key=value   add a key",
+              "  ++key=value      add or change                   ~key         delete a key",
+              "  group=option     choose a config of a group      +group=option / ~group   append / remove a group",
+              "  -m key=a,b       a sweep (also range(1,4), choice(x,y), group=glob(*), hparams_search=...)",
+              "",
+              "  --cfg job        print the composed job config and exit (--cfg hydra|all, --resolve)",
+              "  --info defaults  print the final defaults list (config file, package) in merge order and exit",
+              ""]
+    return "\n".join(lines)
 
 
 def _print_defaults(config_dir: str, name: str, overrides: list[str]) -> None:
@@ -159,11 +303,88 @@ def _log_level(tree: dict) -> str:
 
 
 # the extras group (applied here, for every entry point)
-EXTRAS_SCHEMA = {"ignore_warnings": Bool(), "enforce_tags": Bool(), "print_config": Bool()}
+PRINT_CONFIG_STYLES = ("compact", "full")
+EXTRAS_SCHEMA = {"ignore_warnings": Bool(), "enforce_tags": Bool(),
+                 "print_config": AnyOf(Bool(), Choice(*PRINT_CONFIG_STYLES), nullable=True)}
+
+# the config tree (extras.print_config): these sections first, then the rest in config order
+TREE_ORDER = ("data", "model", "modality", "trainer", "callbacks", "logger", "paths", "extras")
+_COMPACT_DEPTH = 2  # compact: mappings below a section's own sub-mappings become `key: {N keys}`
+_COMPACT_LIST = 6  # compact: longer lists show their first items and how many more
 
 
-def apply_extras(cfg: Config) -> None:
-    """The ``extras`` group: silence warnings, insist on tags, print the config."""
+def _tree_value(value: Any, compact: bool) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value) if value == "" or "\n" in value else value
+    if isinstance(value, dict):
+        if compact:
+            return f"{{{len(value)} keys}}"
+        return "{" + ", ".join(f"{k}: {_tree_value(v, compact)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        more = ""
+        if compact and len(items) > _COMPACT_LIST:
+            more = f", ... (+{len(items) - (_COMPACT_LIST - 1)} more)"
+            items = items[:_COMPACT_LIST - 1]
+        return "[" + ", ".join(_tree_value(v, compact) for v in items) + more + "]"
+    return str(value)
+
+
+def config_tree(cfg: dict, choices: Optional[dict] = None, style: str = "compact") -> str:
+    """The job config (``hydra`` left out) as a tree drawn like rich's: the sections of ``TREE_ORDER``
+    first, each labelled with its group's choice (``data (ecg)``, from ``hydra.runtime.choices``),
+    ``key: value`` leaves. ``compact``: mappings deeper than 2 levels collapse to ``key: {N keys}`` and
+    long lists are shortened; ``full``: everything."""
+    if style not in PRINT_CONFIG_STYLES:
+        raise ConfigError(f"print style '{style}' is not one of {', '.join(PRINT_CONFIG_STYLES)}")
+    compact = style == "compact"
+    choices = {str(g): o for g, o in (choices or {}).items() if o is not None}
+    job = {k: v for k, v in cfg.items() if k != "hydra"}
+    order = [k for k in TREE_ORDER if k in job] + [k for k in job if k not in TREE_ORDER]
+    # choices of groups without a section of their own (experiment, debug, ... are _global_)
+    first = ("experiment", "hparams_search", "debug")
+    outside = [f"{g}={_option_text(choices[g])}" for g in
+               sorted(choices, key=lambda g: first.index(g) if g in first else len(first))
+               if not g.startswith("hydra") and g.split("/")[0] not in job]
+    lines = ["CONFIG" + (f" ({', '.join(outside)})" if outside else "")]
+
+    def walk(node: dict, keys: list, prefix: str, depth: int, path: str) -> None:
+        for i, key in enumerate(keys):
+            value = node[key]
+            last = i == len(keys) - 1
+            branch, extend = ("└── ", "    ") if last else ("├── ", "│   ")
+            where = f"{path}/{key}" if path else str(key)
+            label = str(key) + (f" ({_option_text(choices[where])})" if where in choices else "")
+            if isinstance(value, dict) and value and not (compact and depth > _COMPACT_DEPTH):
+                lines.append(prefix + branch + label)
+                walk(value, list(value), prefix + extend, depth + 1, where)
+            else:
+                lines.append(f"{prefix}{branch}{label}: {_tree_value(value, compact)}")
+
+    walk(job, order, "", 1, "")
+    return "\n".join(lines)
+
+
+def _print_config_style(value: Any) -> Optional[str]:
+    """``extras.print_config``: compact | full | true (compact) | false or null (nothing)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "compact"
+    if isinstance(value, str) and value in PRINT_CONFIG_STYLES:
+        return value
+    raise ConfigError(f"extras.print_config={value!r}: give compact, full, true (compact) or false "
+                      "(e.g. extras.print_config=full).")
+
+
+def apply_extras(cfg: Config, choices: Optional[dict] = None) -> None:
+    """The ``extras`` group: silence warnings, insist on tags, print the config as a tree (logged, so it
+    lands in the job's log file; rank 0 only). ``choices``: the group choices
+    (``hydra.runtime.choices`` of the composed tree; read from ``cfg`` when not given)."""
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         import warnings
@@ -172,8 +393,12 @@ def apply_extras(cfg: Config) -> None:
     if extras.get("enforce_tags") and not cfg.get("tags"):
         raise ConfigError("tags are empty but extras.enforce_tags is true: name the run, e.g. "
                           "tags=[baseline,v1], or set extras.enforce_tags=false.")
-    if extras.get("print_config"):
-        log.info("config:\n%s", to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
+    style = _print_config_style(extras.get("print_config"))
+    if style and distributed.is_main_process():
+        if choices is None:
+            runtime = (cfg.get("hydra") or {}).get("runtime") or {}
+            choices = runtime.get("choices") if isinstance(runtime, dict) else None
+        log.info("config:\n%s", config_tree(cfg, choices, style))
 
 
 def _is_timestamped(pattern: Any) -> bool:
@@ -253,7 +478,7 @@ def _run_job(main: MainFn, config_dir: str, name: str, overrides: list[str], job
         log.info("output directory: %s", output_dir)
         if tree["hydra"]["overrides"]["task"]:
             log.info("overrides: %s", " ".join(tree["hydra"]["overrides"]["task"]))
-        apply_extras(cfg)
+        apply_extras(cfg, tree["hydra"]["runtime"].get("choices"))
         seed_everything(cfg.get("seed"))
         try:
             metrics = dict(main(cfg) or {})
@@ -272,7 +497,7 @@ def optimized_value(metrics: dict, key: Optional[str]) -> Optional[float]:
     """The value of ``optimized_metric`` among the (flattened) metrics a main returned."""
     if not key:
         return None
-    flat = _flatten(metrics)
+    flat = flatten_metrics(metrics)
     if key not in flat:
         raise ConfigError(f"optimized_metric '{key}' is not among the metrics this run returned "
                           f"({', '.join(sorted(flat)) or 'none'}); set optimized_metric to one of them")
@@ -280,151 +505,15 @@ def optimized_value(metrics: dict, key: Optional[str]) -> Optional[float]:
     return flat[key]
 
 
-def _flatten(metrics: dict, prefix: str = "") -> dict:
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict:
+    """``{"val": {"auroc": x}}`` -> ``{"val/auroc": x}``."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
+            out.update(flatten_metrics(value, f"{prefix}{key}/"))
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def aggregate_metrics(runs: list[dict]) -> dict:
-    """Mean, sample std and count of every numeric metric over the finished jobs (e.g. CV folds)."""
-    import math
-    import statistics
-
-    values: dict[str, list[float]] = {}
-    for metrics in runs:
-        for key, value in _flatten(metrics).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values.setdefault(key, []).append(float(value))
-    return {key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-            for key, v in values.items()}
-
-
-RESULTS = ".results"  # one file per job of a sweep: <sweep dir>/.results/job_<num>.json
-
-
-def _results_stamp(folder: str) -> list:
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.startswith("job_") and n.endswith(".json"))
-    except FileNotFoundError:
-        return []
-    stamp = []
-    for n in names:
-        st = os.stat(os.path.join(folder, n))
-        stamp.append((n, st.st_mtime_ns, st.st_size))
-    return stamp
-
-
-def sweep_summary(sweep_dir: str) -> dict:
-    """The summary of a sweep, built from its jobs' result files (see ``_update_summary``)."""
-    folder = os.path.join(sweep_dir, RESULTS)
-    jobs = []
-    for n, _, _ in _results_stamp(folder):
-        with open(os.path.join(folder, n), encoding="utf-8") as f:
-            jobs.append(json.load(f))
-    jobs.sort(key=lambda j: j["num"])
-    return {"sweep_dir": sweep_dir, "jobs": jobs,
-            "aggregate": aggregate_metrics([j["metrics"] for j in jobs if j["status"] == "ok"])}
-
-
-def _update_summary(sweep_dir: str, entry: dict) -> None:
-    """Record one job and rewrite ``summary.json``. No lock (SLURM array tasks share the folder, often
-    on a network file system without cluster-wide locks): each job writes its own result file
-    atomically, and the summary is rebuilt from all of them until no new one appeared meanwhile, so
-    the last summary written holds every job."""
-    folder = os.path.join(sweep_dir, RESULTS)
-    os.makedirs(folder, exist_ok=True)
-    atomic_write_text(os.path.join(folder, f"job_{entry['num']}.json"), json.dumps(entry, default=str))
-    while True:
-        before = _results_stamp(folder)
-        atomic_write_text(os.path.join(sweep_dir, "summary.json"),
-                          json.dumps(sweep_summary(sweep_dir), indent=2, default=str) + "\n")
-        if _results_stamp(folder) == before:
-            return
-
-
-def _sweep_jobs(master: dict, overrides: list[str], config_dir: str) -> tuple[list[str], list[list[str]]]:
-    """(hydra overrides given to every job, the task overrides of each job in Hydra's order)."""
-    hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    task_overrides = [o for o in overrides if o not in hydra_overrides]
-    params = (master["hydra"].get("sweeper") or {}).get("params") or {}
-    if not isinstance(params, dict):
-        raise ConfigError("hydra.sweeper.params must be a mapping of key: sweep (e.g. model.lr: 1e-4,1e-3)")
-    from_config = [f"{k}={v}" for k, v in params.items()]
-    return hydra_overrides, expand_sweeps(from_config + task_overrides, config_dir)
-
-
-def _multirun(main: MainFn, config_dir: str, name: str, overrides: list[str], job_name: str,
-              job_index: Optional[int]) -> int:
-    now = _agreed_now()
-    master = resolve(compose(config_dir, name, overrides, mode="MULTIRUN", job_name=job_name, now=now,
-                             resolve=False), now, strict=False)
-    hydra_overrides, jobs = _sweep_jobs(master, overrides, config_dir)
-    sweep_dir = master["hydra"]["sweep"]["dir"]
-    if "${" in str(sweep_dir):
-        raise ConfigError(f"hydra.sweep.dir does not resolve: {sweep_dir}")
-    sweep_dir = os.path.abspath(sweep_dir)
-    claimed = sweep_dir
-    if distributed.is_main_process() and _is_timestamped(master["hydra"]["sweep"].get("dir")) \
-            and job_index is None:
-        claimed = claim_new_directory(sweep_dir)  # a new sweep never shares a directory
-    claimed = distributed.broadcast_object(claimed)
-    if claimed != sweep_dir:  # started in the same second as another sweep: the jobs follow the new name
-        sweep_dir = claimed
-        quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
-        hydra_overrides = hydra_overrides + [f"hydra.sweep.dir='{quoted}'"]
-    indices = list(range(len(jobs)))
-    if job_index is not None:
-        if not 0 <= job_index < len(jobs):
-            raise ConfigError(f"--job-index {job_index} is out of range: this sweep has {len(jobs)} "
-                              f"jobs (0..{len(jobs) - 1}); size the SLURM array as --array=0-{len(jobs) - 1}.")
-        indices = [job_index]
-    if distributed.is_main_process():
-        os.makedirs(sweep_dir, exist_ok=True)
-        atomic_write_text(os.path.join(sweep_dir, "multirun.yaml"), to_yaml(master))
-        print(f"[sweep] {len(jobs)} job(s) in {sweep_dir}", file=sys.stderr)
-    failed = 0
-    for num in indices:
-        job_overrides = hydra_overrides + jobs[num]
-        if distributed.is_main_process():
-            print(f"[sweep] #{num} : {' '.join(jobs[num])}", file=sys.stderr)
-        entry: dict[str, Any] = {"num": num, "overrides": jobs[num]}
-        start = time.time()
-        try:
-            metrics, output_dir, objective = _run_job(main, config_dir, name, job_overrides, job_name, now,
-                                                      "MULTIRUN", num)
-            entry.update(status="ok", output_dir=output_dir, metrics=metrics)
-            if objective is not None:
-                entry["objective"] = objective
-        except (Preempted, KeyboardInterrupt) as e:  # the sweep stops; a requeued task reruns this job
-            code, message = explain_failure(e)
-            entry.update(status="preempted" if code == EXIT_PREEMPTED else "interrupted", error=message,
-                         metrics={})
-            if distributed.is_main_process():
-                _update_summary(sweep_dir, entry)
-            print(f"Job #{num}: {message}", file=sys.stderr)
-            return code
-        except Exception as e:  # one failed job does not stop the sweep; the exit code reports it
-            failed += 1
-            known = explain_failure(e)
-            entry.update(status="failed", error=known[1] if known else f"{type(e).__name__}: {e}", metrics={})
-            logging.getLogger("cli").error("job #%d failed: %s", num, entry["error"])
-            if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-                traceback.print_exc()
-            else:
-                print(f"Job #{num}: {known[1]}", file=sys.stderr)
-        entry["seconds"] = round(time.time() - start, 3)
-        if distributed.is_main_process():
-            _update_summary(sweep_dir, entry)
-    if failed:
-        print(f"[sweep] {failed} of {len(indices)} job(s) failed; see {sweep_dir}/summary.json",
-              file=sys.stderr)
-        return 1
-    return 0
 
 
 def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
@@ -432,8 +521,9 @@ def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
     """Parse ``argv``, compose, and run ``main`` once or per sweep job. Returns the exit code."""
     prog = prog or os.path.basename(sys.argv[0]) or f"main_{primary}.py"
     job_name = os.path.splitext(prog)[0]
-    args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after overrides, as with Hydra
     os.environ.setdefault("PROJECT_ROOT", REPO_ROOT)
+    # flags may come after overrides, as with Hydra
+    args = build_parser(prog, primary).parse_intermixed_args(argv)
     try:
         config_dir, name, extra = locate_config(args.config, primary)
         overrides = extra + list(args.overrides)
@@ -454,7 +544,9 @@ def run_cli(main: MainFn, primary: str, argv: Optional[list[str]] = None,
             probe = compose(config_dir, name, overrides, mode="MULTIRUN", job_name=job_name, resolve=False)
             multirun = probe["hydra"]["runtime"]["configured_mode"] == "MULTIRUN"
         if multirun:
-            return _multirun(main, config_dir, name, overrides, job_name, args.job_index)
+            from util.sweeps import run_sweep
+
+            return run_sweep(main, config_dir, name, overrides, job_name, args.job_index)
         _run_job(main, config_dir, name, overrides, job_name, _agreed_now(), "RUN", None)
         return 0
     except (Exception, KeyboardInterrupt) as e:

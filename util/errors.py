@@ -47,3 +47,7 @@ class Preempted(Exception):
     def __init__(self, message: str, exit_code: int = 75) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class TrialPruned(Exception):
+    """A hyperparameter-search trial stopped by the search's pruner after a validation (not a failure)."""
