@@ -37,6 +37,7 @@ from util.cli import EXTRAS_SCHEMA
 from util.config import Config, instantiate, locate, parse_override, to_yaml
 from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision
 from util.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
+from util.flops import flop_counter, matmul_peak_gflops
 from util.lr_sched import absolute_lr, lr_at, set_lr
 from util.preemption import PreemptionWatcher
 from util.profiler import Profiler
@@ -76,7 +77,8 @@ TRAINER_SCHEMA = {
     "fast_dev_run": AnyOf(Bool(), Int(min=1)), "limit_train_batches": _LIMIT, "limit_val_batches": _LIMIT,
     "limit_test_batches": _LIMIT, "overfit_batches": Int(min=0), "detect_anomaly": Bool(),
     "profiler": Choice("simple", "pytorch", nullable=True), "max_nonfinite_steps": Int(min=1),
-    "enable_progress_bar": Bool(),
+    "enable_progress_bar": Bool(), "compile": Bool(),
+    "compile_mode": Choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 _MODE = Choice("min", "max")
 CALLBACKS_SCHEMA = {
@@ -251,6 +253,8 @@ class LoopSettings:
     progress_bar: bool
     profiler: Optional[str]
     lr_logging: Optional[str] = None     # callbacks.lr_monitor.logging_interval: step | epoch | None (no train/lr)
+    compile: bool = False                # torch.compile the objective's forward + loss (trainer.compile)
+    compile_mode: str = "default"
     lr: float = 0.0                      # the LR schedule, from the objective's optim block (fit)
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
@@ -273,7 +277,8 @@ class LoopSettings:
                    gradient_clip_val=float(clip) if clip else None,
                    log_every_n_steps=_whole(trainer, "log_every_n_steps", 1), overfit_batches=overfit,
                    fast_dev_run=fast, max_nonfinite_steps=_whole(trainer, "max_nonfinite_steps", 1),
-                   progress_bar=bool(trainer.enable_progress_bar), profiler=trainer.profiler, **limits)
+                   progress_bar=bool(trainer.enable_progress_bar), profiler=trainer.profiler,
+                   compile=bool(trainer.compile), compile_mode=str(trainer.compile_mode), **limits)
 
 
 def num_batches(loader: Iterable, limit: Any) -> int:
@@ -288,13 +293,16 @@ def num_batches(loader: Iterable, limit: Any) -> int:
     return min(total, int(limit))
 
 
-def build_optimizer(objective: torch.nn.Module, effective_batch: int) -> tuple[torch.optim.Optimizer, float]:
-    """AdamW over ``objective.param_groups()``; lr = ``optim.lr``, or ``blr * effective_batch / lr_batch_divisor``."""
+def build_optimizer(objective: torch.nn.Module, effective_batch: int,
+                    device: Optional[torch.device] = None) -> tuple[torch.optim.Optimizer, float]:
+    """AdamW over ``objective.param_groups()``; lr = ``optim.lr``, or ``blr * effective_batch / lr_batch_divisor``.
+    On CUDA the fused kernel (one launch for every parameter instead of several per tensor)."""
     optim = objective.optim
     lr = optim["lr"]
     if lr is None:
         lr = absolute_lr(float(optim["blr"]), effective_batch, float(optim["lr_batch_divisor"]))
-    optimizer = torch.optim.AdamW(objective.param_groups(), lr=float(lr), betas=tuple(optim["betas"]))
+    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(objective.param_groups(), lr=float(lr), betas=tuple(optim["betas"]), **fused)
     return optimizer, float(lr)
 
 
@@ -399,6 +407,8 @@ class Loop:
     transforms: dict = field(default_factory=dict)
     run_logger: Any = None
     watcher: Optional[PreemptionWatcher] = None  # asked after every optimizer step
+    count_flops: bool = False  # count the model FLOPs of the next training batch (fit: the run's first)
+    flops_per_sample: Optional[float] = None  # forward + loss + backward, from FlopCounterMode
 
 
 def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: int, total: int,
@@ -435,11 +445,14 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
         batch = apply_transforms(to_device(batch, device), loop.transforms, generator)
         n = batch_size(batch)
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        counter = flop_counter(quiet=True) if loop.count_flops else contextlib.nullcontext()
+        with sync, counter:
             with loop.rt.precision.autocast():
                 outputs = model(batch, generator=generator)
             loss = outputs["loss"]
             scaler.scale(loss.float() / accum).backward()
+        if loop.count_flops:  # once per run: what MFU is measured against
+            loop.count_flops, loop.flops_per_sample = False, counter.get_total_flops() / max(n, 1)
         window_finite = window_finite and bool(torch.isfinite(loss.detach()).item())
         scalars = _scalars(outputs)
         if window_finite:
@@ -487,6 +500,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
 
     means = meter.means(device)
     means["lr"] = lr
+    means["samples"] = meter.count * loop.rt.world_size
     return means
 
 
@@ -637,6 +651,16 @@ def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], O
     return None, None
 
 
+def _utilisation(loop: Loop, samples: float, seconds: float, peak_gflops: float, epoch: int) -> dict:
+    """The epoch's achieved model TFLOP/s (data loading included: the end-to-end rate) and MFU
+    against the measured matmul peak of all ranks."""
+    if loop.flops_per_sample is None or seconds <= 0:
+        return {}
+    achieved = loop.flops_per_sample * samples / seconds / 1e9  # GFLOP/s
+    return {"train/samples_per_s_epoch": samples / seconds, "train/tflops": achieved / 1e3,
+            "train/mfu": achieved / peak_gflops if peak_gflops > 0 else float("nan")}
+
+
 def _train_epoch(loop: Loop, state: TrainState, loader: Any, *, epoch: int, data_epoch: int, seed: int,
                  config_yaml: str) -> dict:
     """``train_one_epoch`` with the epoch's seeds (a pure function of seed, epoch and rank), resuming
@@ -710,7 +734,7 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     optim, output_dir = objective.optim, cfg.paths.output_dir
     train_loader = data.loaders["train"]
     effective_batch = int(train_loader.batch_size) * s.accumulate_grad_batches * rt.world_size
-    optimizer, lr = build_optimizer(objective, effective_batch)
+    optimizer, lr = build_optimizer(objective, effective_batch, rt.device)
     s.lr, s.min_lr, s.warmup_epochs = lr, float(optim["min_lr"]), float(optim["warmup_epochs"])
     s.schedule_epochs = float(optim["epochs"] or s.max_epochs)
     lr_monitor = (cfg.callbacks or {}).get("lr_monitor")
@@ -731,6 +755,9 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
             overlap = {"records": len(found.records), "patients": len(found.patients) if found.patients_known
                        else None}
     model = wrap_ddp(objective, rt)
+    if s.compile:  # the checkpoints keep the plain objective's keys: only the forward is compiled
+        model = torch.compile(model, mode=s.compile_mode)
+        log.info("torch.compile (mode %s): the first steps compile", s.compile_mode)
     resume_path, resume_ckpt = _resume_checkpoint(cfg, state)
     if resume_path:
         check_checkpoint_kind(resume_ckpt, identity, resume_path, use="resume",
@@ -743,17 +770,25 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
                            run_config={k: v for k, v in cfg.items() if k != "hydra"})
     watcher = PreemptionWatcher(rt.device)
     profiler = Profiler(s.profiler, output_dir, rt.device, enabled=rt.is_main)
-    loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher)
+    loop = Loop(model, s, rt, data.device_transforms, run_logger, watcher, count_flops=True)
+    peak = matmul_peak_gflops(rt.device, rt.precision.dtype) * rt.world_size  # GFLOP/s of every rank together
     val_loader = train_loader if s.overfit_batches else data.loaders.get("val")
     val_seed = derive_seed(cfg.seed, VAL_SEED_OFFSET)
     headline = getattr(objective, "headline_metrics", None)
+    state_start_epoch = state.epochs_done
     try:
         for epoch in range(state.epochs_done, s.max_epochs):
+            started = time.perf_counter()
             with profiler.phase("train", epoch):
                 train_stats = _train_epoch(loop, state, train_loader, epoch=epoch,
                                            data_epoch=0 if s.overfit_batches else epoch, seed=cfg.seed,
                                            config_yaml=config_yaml)
             metrics = {f"train/{k}": v for k, v in train_stats.items()}
+            metrics.update(_utilisation(loop, train_stats["samples"], time.perf_counter() - started, peak, epoch))
+            if epoch == state_start_epoch and loop.flops_per_sample is not None:
+                log.info("model FLOPs %.3g GFLOP per sample (forward + loss + backward); MFU is against the "
+                         "measured matmul peak %.4g TFLOP/s (%s, %s%s)", loop.flops_per_sample / 1e9, peak / 1e3,
+                         rt.device, rt.precision.name, f", x {rt.world_size} ranks" if rt.world_size > 1 else "")
             if val_loader is not None and ((epoch + 1) % s.check_val_every_n_epoch == 0 or epoch + 1 == s.max_epochs):
                 if getattr(val_loader, "epoch_sampler", None) is not None:
                     val_loader.epoch_sampler.set_epoch(0)
@@ -769,7 +804,7 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
             if rt.is_main:
                 run_logger.log({k: v for k, v in metrics.items() if k != "train/lr" or s.lr_logging == "epoch"},
                                state.step, epoch=epoch)
-                shown = [k for k in metrics if headline is None or k.split("/", 1)[-1] in headline]
+                shown = [k for k in metrics if headline is None or k.split("/", 1)[-1] in headline or k == "train/mfu"]
                 log.info("epoch %d: %s", epoch, "  ".join(f"{k} {metrics[k]:.4g}" for k in shown))
             state.history = {**state.history, **metrics, "epoch": epoch}
             state.epochs_done, state.batch_in_epoch = epoch + 1, 0

@@ -38,12 +38,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.factory import build_network  # noqa: E402
 from models.pos_embed import sincos_pos_embed_2d  # noqa: E402
+from util.flops import MatmulPeak, synchronize, flop_counter  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,51 +152,13 @@ class ReferenceMAE(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # measurement helpers
 # ---------------------------------------------------------------------------------------------------
-def _cpu_flash_formulas():
-    """FlopCounterMode formulas for the CPU flash-attention ops (absent from its registry)."""
-    aten = torch.ops.aten
-    mapping = {}
-    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is not None:
-        mapping[fwd] = lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v)  # (custom formulas get shapes)
-    if bwd is not None:
-        mapping[bwd] = lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)
-    return mapping
-
-
 def count_flops(model, x, mask_ratio, autocast_ctx) -> int:
-    with FlopCounterMode(display=False, custom_mapping=_cpu_flash_formulas()) as counter:
+    with flop_counter() as counter:
         with autocast_ctx():
             loss = model(x, mask_ratio=mask_ratio)["loss"]
         loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class MatmulPeak:
-    """GFLOP/s of an n x n torch.mm in ``dtype`` (``reps`` products per sample, after 2 untimed)."""
-
-    def __init__(self, device, dtype, n: int, reps: int):
-        self.device, self.n, self.reps = device, n, reps
-        self.a = torch.randn(n, n, device=device, dtype=dtype)
-        self.b = torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(2):
-            torch.mm(self.a, self.b)
-        _sync(device)
-
-    def sample(self) -> float:
-        _sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(self.reps):
-            torch.mm(self.a, self.b)
-        _sync(self.device)
-        return self.reps * 2 * self.n**3 / (time.perf_counter() - t0) / 1e9
 
 
 def main(argv=None) -> None:
@@ -255,10 +217,10 @@ def main(argv=None) -> None:
     peaks = []
     for i in range(args.warmup + args.steps):
         for name in models:  # alternate the models ...
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             step(name)
-            _sync(device)
+            synchronize(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
         if i >= args.warmup:  # ... and the peak, so that load from elsewhere hits all three alike

@@ -1,0 +1,50 @@
+"""Speed features that must not change results: torch.compile of the objective gives eager's losses
+in fp32, and every run logs its model FLOPs and MFU."""
+import json
+import os
+
+import main_pretrain
+from builders import PRETRAIN_TINY
+from datasets.demo import build_demo
+from util import cli
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    build_demo(str(root), n_records=96, seed=0, include_real=False)
+    return root
+
+
+def pretrain(data_dir, run_dir, *overrides):
+    argv = [f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir}/logs", f"hydra.run.dir={run_dir}",
+            *PRETRAIN_TINY, "trainer.log_every_n_steps=1", "trainer.precision=32", *overrides]
+    assert cli.run_cli(main_pretrain.main, "pretrain", argv=argv, prog="main_pretrain.py") == 0
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+@pytest.mark.slow  # compiling takes about a minute on 2 cores
+def test_compiled_steps_give_the_eager_losses_for_20_fp32_steps(data_dir, tmp_path):
+    # 96 demo records: 72 train -> 9 batches of 8 per epoch, 3 epochs = 27 optimizer steps
+    eager = pretrain(data_dir, tmp_path / "eager", "trainer.max_epochs=3")
+    compiled = pretrain(data_dir, tmp_path / "compiled", "trainer.max_epochs=3", "trainer.compile=true")
+    steps_e = [(r["step"], r["train/loss"]) for r in eager if "train/grad_norm" in r]
+    steps_c = [(r["step"], r["train/loss"]) for r in compiled if "train/grad_norm" in r]
+    assert len(steps_e) == 27 and [s for s, _ in steps_e] == [s for s, _ in steps_c]
+    for (step, a), (_, b) in zip(steps_e, steps_c):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (step, a, b)
+    val_e = [r["val/loss"] for r in eager if "val/loss" in r]
+    val_c = [r["val/loss"] for r in compiled if "val/loss" in r]
+    assert val_e == pytest.approx(val_c, abs=1e-5)
+
+
+def test_every_epoch_logs_its_throughput_tflops_and_mfu(data_dir, tmp_path):
+    rows = pretrain(data_dir, tmp_path / "run", "trainer.max_epochs=1")
+    epoch = [r for r in rows if "train/mfu" in r]
+    assert len(epoch) == 1
+    assert 0 < epoch[0]["train/mfu"] < 1 and epoch[0]["train/tflops"] > 0
+    assert epoch[0]["train/samples_per_s_epoch"] > 0 and epoch[0]["train/samples"] == 72
+    log = (tmp_path / "run" / "pretrain.log").read_text()
+    assert "GFLOP per sample (forward + loss + backward)" in log and "measured matmul peak" in log
