@@ -347,27 +347,31 @@ class _Meter:
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.count: Any = 0
+        self.total = 0.0  # samples counted over every rank, set by means()
 
-    def update(self, values: dict, n: int) -> None:
+    def update(self, values: dict, n: int, keep: Optional[torch.Tensor] = None) -> None:
+        """Add a batch of ``n`` samples; ``keep`` (a 0-d bool tensor) counts it only when true, decided
+        on the device (no host sync in the training step)."""
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v * n
-        self.count += n
+            term = v * n if keep is None else torch.where(keep, v * n, torch.zeros_like(v))
+            self.sums[k] = self.sums.get(k, 0.0) + term
+        self.count = self.count + (n if keep is None else keep.float() * n)
 
     def means(self, device: torch.device) -> dict:
         keys = sorted(self.sums)
-        totals = torch.stack([self.sums[k].to(device) for k in keys] +
-                             [torch.tensor(float(self.count), device=device)]) if keys else \
-            torch.tensor([float(self.count)], device=device)
+        count = torch.as_tensor(self.count, dtype=torch.float32).to(device).reshape(1)
+        totals = torch.cat([torch.stack([self.sums[k].float().to(device) for k in keys]), count]) if keys else count
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
-        count = max(totals[-1].item(), 1.0)
+        self.total = totals[-1].item()
+        count = max(self.total, 1.0)
         return {k: (totals[i] / count).item() for i, k in enumerate(keys)}
 
 
-def _all_finite(finite: bool, device: torch.device) -> bool:
-    """True when every rank's accumulation window had finite losses."""
-    flag = torch.tensor(1.0 if finite else 0.0, device=device)
+def _all_finite(finite: torch.Tensor, device: torch.device) -> bool:
+    """True when every rank's accumulation window had finite losses: the training step's one host sync."""
+    flag = finite.float().reshape(())
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
@@ -453,10 +457,10 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
             scaler.scale(loss.float() / accum).backward()
         if loop.count_flops:  # once per run: what MFU is measured against
             loop.count_flops, loop.flops_per_sample = False, counter.get_total_flops() / max(n, 1)
-        window_finite = window_finite and bool(torch.isfinite(loss.detach()).item())
+        finite = torch.isfinite(loss.detach())
+        window_finite = finite if first_micro else window_finite & finite
         scalars = _scalars(outputs)
-        if window_finite:
-            meter.update(scalars, n)
+        meter.update(scalars, n, keep=window_finite)
         samples_since += n
         if not last_micro:
             continue
@@ -500,7 +504,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
 
     means = meter.means(device)
     means["lr"] = lr
-    means["samples"] = meter.count * loop.rt.world_size
+    means["samples"] = meter.total
     return means
 
 

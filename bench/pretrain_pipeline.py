@@ -7,7 +7,7 @@ written with datasets.store.StoreWriter into a temp dir, and for each model size
          the demo's batch (32) and num_workers (1);
   tiny   the paper's pretraining model (experiment=pre_training/ecg_arrhythmia): MAE tiny
          (384/3/6, decoder 256/2/8), patch (1, 100), crop 2500, mask 0.8, batch 64 (the experiment
-         says 128), num_workers from configs/data/default.yaml (4).
+         says 128), num_workers from configs/data/default.yaml (auto: one on a CPU, more on a GPU).
 --batch / --workers / --crop / --augment-device override what the config gives. Everything else
 (augmentations, pin_memory, persistent workers, precision `auto`, optimizer) is the config's.
 
@@ -257,7 +257,9 @@ class PeakRSS:
             for pid in self._children_procfs():
                 with contextlib.suppress(OSError, ValueError):
                     with open(f"/proc/{pid}/status") as f:
-                        hwm = next(line for line in f if line.startswith("VmHWM:"))
+                        hwm = next((line for line in f if line.startswith("VmHWM:")), None)
+                    if hwm is None:  # a worker that has exited (a zombie has no memory lines)
+                        continue
                     mib = int(hwm.split()[1]) / 1024
                     self.child_peaks[pid] = max(self.child_peaks.get(pid, 0.0), mib)
 
@@ -419,13 +421,12 @@ def bench_size(size: str, tmp: Path, args, rss: PeakRSS) -> dict:
     }
     data_default = load_yaml((REPO / "configs" / "data" / "default.yaml").read_text())
     result["defaults"] = {
-        "config_num_workers": int(probe.data.num_workers), "data_default_num_workers": int(data_default["num_workers"]),
+        "config_num_workers": probe.data.num_workers, "data_default_num_workers": data_default["num_workers"],
         "pin_memory_config": bool(cfg.data.pin_memory), "pin_memory_effective": bool(loader.pin_memory),
         "persistent_workers": bool(loader.persistent_workers), "prefetch_factor": loader.prefetch_factor,
         "augment_device": cfg.data.augment_device, "device_transforms": sorted(data.device_transforms),
         "cpu_count": os.cpu_count(), "main_threads": torch.get_num_threads(), "worker_threads": 1,
     }
-    del model, objective, optimizer, state, loop, loop_model_only, ref, ref_opt, fixed, data, loader, ref_loader
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -471,7 +472,7 @@ def print_size(r: dict) -> None:
     print(f"    bound by: {b['bound']} ({100 * b['bound_share']:.0f}% of the step)")
     d = r["defaults"]
     print(f"loader: {r['workers']} worker(s) used (config {d['config_num_workers']}; data/default.yaml "
-          f"{d['data_default_num_workers']} on every device), pin_memory {d['pin_memory_config']} -> "
+          f"{d['data_default_num_workers']}: datasets.loading.resolve_num_workers), pin_memory {d['pin_memory_config']} -> "
           f"{d['pin_memory_effective']} here, persistent {d['persistent_workers']}, prefetch "
           f"{d['prefetch_factor']}, augment_device {d['augment_device']}, {d['cpu_count']} CPU(s), "
           f"{d['main_threads']} main thread(s) + {d['worker_threads']} per worker; prefetched batches dropped "

@@ -59,7 +59,17 @@ __all__ = [
 # The reference's multiplicative jitter: x + JITTER_AMPLITUDE * x * N(0, sigma^2).
 JITTER_AMPLITUDE = 0.6
 JITTER_MODES = ("multiplicative", "additive")
-AUGMENT_DEVICES = ("cpu", "device")
+AUGMENT_DEVICES = ("auto", "cpu", "device")
+
+
+def resolve_augment_device(value: str) -> str:
+    """``auto``: batched on the training device when it is a GPU (CPU workers cannot keep one busy),
+    per sample in the DataLoader workers on a CPU (where they overlap with the step for free)."""
+    if value == "auto":
+        import torch
+
+        return "device" if torch.cuda.is_available() else "cpu"
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,7 +456,7 @@ def build_ecg_transforms(
         raise ConfigError(f"data.augment must be true or false, got {cfg['augment']!r}")
     if cfg["augment_device"] not in AUGMENT_DEVICES:
         raise ConfigError(
-            f"data.augment_device must be 'cpu' (per sample in the DataLoader workers) or 'device' "
+            f"data.augment_device must be 'auto', 'cpu' (per sample in the DataLoader workers) or 'device' "
             f"(batched on the training device), got {cfg['augment_device']!r}")
     params = {key: cfg[key] for key in CONFIG_KEYS if key not in ("augment", "augment_device")}
     try:
@@ -455,6 +465,6 @@ def build_ecg_transforms(
         raise ConfigError(f"data.{err}") from None
     if not cfg["augment"]:
         return None, None
-    if cfg["augment_device"] == "cpu":
+    if resolve_augment_device(cfg["augment_device"]) == "cpu":
         return ECGTransform(**params), None
     return None, BatchECGTransform(**params)

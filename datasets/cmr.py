@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.augment import resolve_augment_device
 from datasets.augment_image import IMAGE_AUGMENT_SCHEMA, ImageAugmentation, build_image_augmentation
 from datasets.loading import DataInfo, InputSpec, KeyedDataset, StoreSource, label_tensor
 from datasets.preprocess import image_to_contract
@@ -152,7 +153,7 @@ class CMRSource(StoreSource):
         # validation views (views 2) are made in the loader: the engine runs device transforms in training only
         self.eval_augmentation = augmentation or (build_image_augmentation({**data_cfg, "augment": True})
                                                   if self.views == 2 else None)
-        on_device = augmentation is not None and data_cfg["augment_device"] == "device"
+        on_device = augmentation is not None and resolve_augment_device(data_cfg["augment_device"]) == "device"
         self.train_augmentation = None if on_device else augmentation
         self.device_transforms = {}
         if on_device and self.views == 1:

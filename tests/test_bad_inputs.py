@@ -107,7 +107,7 @@ def finetune(assets, tmp_path, *overrides, task="multiclass", data=None):
     ("+model.mask_rato=0.5", ["model.mask_rato", "did you mean mask_ratio"]),
     ("model.optim.betas=[0.9]", ["model.optim.betas", "list of 2 items"]),
     ("callbacks.early_stopping.mode=maximum", ["callbacks.early_stopping.mode", "one of min, max"]),
-    ("data.augment_device=gpu", ["data.augment_device", "one of cpu, device"]),
+    ("data.augment_device=gpu", ["data.augment_device", "one of auto, cpu, device"]),
     ("trainer.limit_train_batches=-1", ["trainer.limit_train_batches"]),
     ("trainer.accumulate_grad_batches=0", ["trainer.accumulate_grad_batches"]),
     ("resume=always", ["resume = 'always'", "auto"]),

@@ -202,7 +202,7 @@ def test_two_processes_sharing_one_study_run_exactly_n_trials_together(tmp_path)
 @pytest.mark.slow
 def test_a_killed_finetuning_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
     tiny_store(tmp_path, "multiclass")
-    base = [sys.executable, os.path.join(REPO, "main_finetune.py"), "-m", "model.optim.lr=1e-3,3e-3,1e-2,3e-2",
+    base = [sys.executable, os.path.join(REPO, "main_finetune.py"), "-m", "seed=0,1,2,3",
             "trainer.max_epochs=3", f"paths.log_dir={tmp_path}/logs", *finetune_overrides(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -260,6 +260,10 @@ def test_the_report_groups_by_swept_keys_averages_seeds_and_plots(tmp_path, caps
     assert report_main([str(tmp_path / "s"), "--metric", "test/nope"]) == 2
     assert "test/auroc_macro" in capsys.readouterr().err  # the metrics it does have
     assert report_main([str(tmp_path / "empty")]) == 2
+    from util.report import SweepTable, is_bookkeeping
+
+    assert is_bookkeeping("resume") and is_bookkeeping("++resume") and not is_bookkeeping("data.train_fraction")
+    assert SweepTable(str(tmp_path / "s")).swept == ["data.train_fraction", "seed", "model"]
 
 
 # --- the seed's documented commands, in their working form (README table) ---------------------------

@@ -336,7 +336,7 @@ def _tree_value(value: Any, compact: bool) -> str:
 
 def config_tree(cfg: dict, choices: Optional[dict] = None, style: str = "compact") -> str:
     """The job config (``hydra`` left out) as a tree drawn like rich's: the sections of ``TREE_ORDER``
-    first, each labelled with its group's choice (``data (ecg)``, from ``hydra.runtime.choices``),
+    first, each labelled with its group's choice (``model (mae)``, from ``hydra.runtime.choices``),
     ``key: value`` leaves. ``compact``: mappings deeper than 2 levels collapse to ``key: {N keys}`` and
     long lists are shortened; ``full``: everything."""
     if style not in PRINT_CONFIG_STYLES:

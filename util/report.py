@@ -27,8 +27,18 @@ PREFERRED = ("auroc_macro", "auprc_macro", "f1_macro", "accuracy", "balanced_acc
              "rmse", "mae", "r2", "pearson_r", "loss")
 
 
+# overrides that say how a job was run, not what it computed (a resumed sweep adds resume=auto to the
+# jobs it reran): never a grouping key
+BOOKKEEPING = ("resume", "hydra.", "trainer.enable_progress_bar", "extras.")
+
+
 def is_replicate(key: str) -> bool:
     return key.lstrip("+~").split(".")[-1].endswith("seed")
+
+
+def is_bookkeeping(key: str) -> bool:
+    key = key.lstrip("+~")
+    return any(key == b or (b.endswith(".") and key.startswith(b)) for b in BOOKKEEPING)
 
 
 def _number(value) -> Optional[float]:
@@ -70,7 +80,7 @@ class SweepTable:
         keys = []
         for v in self.values:
             keys += [k for k in v if k not in keys]
-        self.swept = [k for k in keys if len({v.get(k) for v in self.values}) > 1]
+        self.swept = [k for k in keys if len({v.get(k) for v in self.values}) > 1 and not is_bookkeeping(k)]
 
     def metric_names(self) -> list:
         names = []
