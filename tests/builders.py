@@ -83,3 +83,23 @@ def assert_a_kill_and_resume_equals_a_straight_run(command, tmp_path, repo, log_
     b = load_checkpoint(str(stopped / "checkpoints" / "last.pt"))
     assert 0 < killed_at < a["step"] == b["step"]
     assert max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"]) <= 1e-6
+
+
+def demo_data_fixture():
+    """A module-scoped ``data_dir`` fixture: a 96-record demo store (72 train records), built once per module."""
+    import pytest
+
+    @pytest.fixture(scope="module", name="data_dir")
+    def _data_dir(tmp_path_factory):
+        from datasets.demo import build_demo
+
+        root = tmp_path_factory.mktemp("data")
+        build_demo(str(root), n_records=96, seed=0, include_real=False)
+        return root
+    return _data_dir
+
+
+def pretrain_argv(data_dir, run_dir, *overrides):
+    """The command line of a tiny pretraining on ``demo_data_fixture``'s store, run in ``run_dir``."""
+    return [f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir}/logs", f"hydra.run.dir={run_dir}",
+            *PRETRAIN_TINY, *overrides]

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import main_pretrain
-from builders import PRETRAIN_TINY  # tests/ is on sys.path
-from datasets.demo import build_demo
+from builders import demo_data_fixture, pretrain_argv  # tests/ is on sys.path
 from util import cli
 from util.config import compose
 from util.errors import ConfigError
@@ -25,16 +24,11 @@ WANDB = {"project": "p", "name": "r1", "save_dir": None, "offline": True, "tags"
 MLFLOW = {"experiment_name": "e", "run_name": "r1", "tracking_uri": None, "tags": {"owner": "me"}, "prefix": "exp/"}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    build_demo(str(root), n_records=96, seed=0, include_real=False)
-    return root
+data_dir = demo_data_fixture()
 
 
 def pretrain(data_dir, run_dir, *overrides):
-    argv = [f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir}/logs", f"hydra.run.dir={run_dir}",
-            *PRETRAIN_TINY, *SHORT, *overrides]
+    argv = pretrain_argv(data_dir, run_dir, *SHORT, *overrides)
     return cli.run_cli(main_pretrain.main, "pretrain", argv=argv, prog="main_pretrain.py")
 
 

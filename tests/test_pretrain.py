@@ -11,27 +11,18 @@ import pytest
 import torch
 
 import main_pretrain
-from datasets.demo import build_demo
+from builders import PRETRAIN_TINY, demo_data_fixture, pretrain_argv  # tests/ is on sys.path
 from util import cli
 from util.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = ["model.size=pluto", "model.patch_size=[1,50]", "data.time_steps=500", "data.batch_size=8",
-        "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2",
-        "model.optim.warmup_epochs=1", "extras.print_config=false"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    build_demo(str(root), n_records=96, seed=0, include_real=False)
-    return root
+TINY = PRETRAIN_TINY
+data_dir = demo_data_fixture()
 
 
 def pretrain(data_dir, run_dir, *overrides):
-    argv = [f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir}/logs", f"hydra.run.dir={run_dir}",
-            *TINY, *overrides]
+    argv = pretrain_argv(data_dir, run_dir, *overrides)
     return cli.run_cli(main_pretrain.main, "pretrain", argv=argv, prog="main_pretrain.py")
 
 

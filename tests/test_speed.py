@@ -4,23 +4,17 @@ import json
 import os
 
 import main_pretrain
-from builders import PRETRAIN_TINY
-from datasets.demo import build_demo
+from builders import demo_data_fixture, pretrain_argv
 from util import cli
 
 import pytest
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    build_demo(str(root), n_records=96, seed=0, include_real=False)
-    return root
+data_dir = demo_data_fixture()
 
 
 def pretrain(data_dir, run_dir, *overrides):
-    argv = [f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir}/logs", f"hydra.run.dir={run_dir}",
-            *PRETRAIN_TINY, "trainer.log_every_n_steps=1", "trainer.precision=32", *overrides]
+    argv = pretrain_argv(data_dir, run_dir, "trainer.log_every_n_steps=1", "trainer.precision=32", *overrides)
     assert cli.run_cli(main_pretrain.main, "pretrain", argv=argv, prog="main_pretrain.py") == 0
     return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
 
