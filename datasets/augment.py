@@ -63,11 +63,14 @@ AUGMENT_DEVICES = ("auto", "cpu", "device")
 
 
 def resolve_augment_device(value: str) -> str:
-    """``auto``: batched on the training device, GPU or CPU. On a GPU CPU workers cannot keep it busy;
-    on a CPU the batched version in the main process beats per-sample transforms in a worker that
-    takes a core from the step (bench/pretrain_pipeline.py: 71 vs 55 samples/s for the demo model on
-    2 cores)."""
-    return "device" if value == "auto" else value
+    """``auto``: batched on the training device when it is a GPU (CPU workers cannot keep one busy);
+    per sample on a CPU, where each sample's randomness is keyed by the sample (the same on any
+    number of ranks) and the cost is about 5% of a step (bench/pretrain_pipeline.py)."""
+    if value == "auto":
+        import torch
+
+        return "device" if torch.cuda.is_available() else "cpu"
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +372,8 @@ class BatchECGTransform(nn.Module):
             if bool(apply.all()):
                 return surrogate(x, rotation)
             index = apply.nonzero().squeeze(1)
+            if index.numel() == 0:  # none selected: MKL refuses an FFT over an empty batch
+                return x
             out = x.clone()
             out[index] = surrogate(x[index], rotation[index])
             return out

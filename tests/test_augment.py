@@ -450,3 +450,12 @@ def test_constructors_refuse_bad_values():
         ECGTransform(jitter_sigma=-1)
     with pytest.raises(ValueError, match="ft_surr_p"):
         BatchECGTransform(ft_surr_p=2)
+
+
+def test_batched_ft_surrogate_on_a_cpu_batch_where_no_sample_is_drawn_returns_it_unchanged():
+    """A small batch with ft_surr_p < 1 can draw no sample at all; the CPU path then transforms an empty
+    selection, which MKL's FFT refuses ("Inconsistent configuration parameters")."""
+    transform = BatchECGTransform(**FULL)
+    x = torch.randn(2, 12, 500)
+    out = transform._ft_surrogate(x, torch.zeros(2, dtype=torch.bool), torch.Generator().manual_seed(0))
+    assert torch.equal(out, x)

@@ -57,7 +57,12 @@ def test_auto_workers_feed_a_gpu_and_leave_a_cpu_its_cores_for_the_step(monkeypa
     assert resolve_num_workers(3, world) == 3
 
 
-def test_auto_augmentation_runs_batched_on_the_training_device():
+def test_auto_augmentation_runs_batched_on_a_gpu_and_per_sample_on_a_cpu(monkeypatch):
+    import torch
+
     from datasets.augment import resolve_augment_device
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_augment_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_augment_device("auto") == "device" and resolve_augment_device("cpu") == "cpu"
