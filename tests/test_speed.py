@@ -66,3 +66,15 @@ def test_auto_augmentation_runs_batched_on_a_gpu_and_per_sample_on_a_cpu(monkeyp
     assert resolve_augment_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_augment_device("auto") == "device" and resolve_augment_device("cpu") == "cpu"
+
+
+def test_measuring_the_matmul_peak_leaves_the_global_random_stream_alone():
+    import torch
+
+    from util.flops import MatmulPeak
+
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    MatmulPeak(torch.device("cpu"), torch.float32, 64, 1).sample()
+    assert torch.equal(torch.rand(4), expected)  # a resumed run restores its RNG before fit measures the peak

@@ -61,8 +61,11 @@ class MatmulPeak:
 
     def __init__(self, device: torch.device, dtype: torch.dtype, n: int, reps: int) -> None:
         self.device, self.n, self.reps = device, n, reps
-        self.a = torch.randn(n, n, device=device, dtype=dtype)
-        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        # its own generator: measuring the peak must not move the run's random streams (a resumed run
+        # restores them before it measures)
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        self.b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
         for _ in range(2):
             torch.mm(self.a, self.b)
         synchronize(device)
