@@ -13,6 +13,9 @@ Each loss is computed in float32 with autocast off, whatever precision the model
   averaged. Both signals are standardised with the unbiased variance plus 1e-12 and the product is
   summed over time and divided by T - 1. With ``norm_pix_loss`` the prediction is in normalised-patch
   units while the input is not, exactly as in the reference.
+* ``ncc_masked`` (logged, not in the loss): the same correlation over the removed samples only, per
+  (sample, channel, row). The visible patches, which the MAE sees, inflate the full-signal NCC (the
+  lower the mask ratio, the more); this one measures only what was inferred.
 
 ``ClassificationLoss``: cross-entropy (multiclass), BCE with logits (multilabel, binary), MSE
 (regression); ``pos_weight_from_labels`` / ``class_weights_from_labels`` derive weights from the
@@ -44,6 +47,7 @@ __all__ = [
     "LOSS_ON",
     "TASK_TYPES",
     "normalized_cross_correlation",
+    "masked_normalized_cross_correlation",
     "ReconstructionLoss",
     "ClassificationLoss",
     "pos_weight_from_labels",
@@ -73,9 +77,25 @@ def normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 
     return r.mean()
 
 
+def masked_normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
+                                        eps: float = 1e-12) -> torch.Tensor:
+    """Mean Pearson correlation along the last axis over the samples where ``weight`` is 1.
+
+    ``a``, ``b``, ``weight``: (..., T), weight 0/1. Rows with fewer than two weighted samples are left
+    out of the mean; a constant row correlates 0 (no NaN); no such row at all gives 0.
+    """
+    n = weight.sum(dim=-1)
+    n_safe = n.clamp_min(1.0)
+    a = (a - (a * weight).sum(dim=-1, keepdim=True) / n_safe.unsqueeze(-1)) * weight
+    b = (b - (b * weight).sum(dim=-1, keepdim=True) / n_safe.unsqueeze(-1)) * weight
+    r = (a * b).sum(dim=-1) / ((a.pow(2).sum(dim=-1) + eps).sqrt() * (b.pow(2).sum(dim=-1) + eps).sqrt())
+    rows = (n >= 2).to(r.dtype)
+    return (r * rows).sum() / rows.sum().clamp_min(1.0)
+
+
 class ReconstructionLoss(nn.Module):
     """The MAE loss (see the module docstring); ``forward`` returns ``loss`` plus the detached
-    ``loss_mse``, ``loss_ncc`` (= 1 - ncc) and ``ncc``."""
+    ``loss_mse``, ``loss_ncc`` (= 1 - ncc), ``ncc`` and ``ncc_masked``."""
 
     def __init__(self, *, ncc_weight: float, norm_pix_loss: bool, loss_on: str) -> None:
         super().__init__()
@@ -88,9 +108,10 @@ class ReconstructionLoss(nn.Module):
         return f"ncc_weight={self.ncc_weight}, norm_pix_loss={self.norm_pix_loss}, loss_on={self.loss_on!r}"
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, pred_signal: torch.Tensor,
-                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                mask: torch.Tensor, mask_signal: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, C, H, T) input signal; target (B, L, P) its patches; pred (B, L, P) predicted patches;
-        pred_signal (B, C, H, T) the prediction unpatchified; mask (B, L), 1 = removed. float32 in."""
+        pred_signal (B, C, H, T) the prediction unpatchified; mask (B, L), 1 = removed, and
+        mask_signal (B, C, H, T) the same per sample. float32 in."""
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
@@ -102,7 +123,10 @@ class ReconstructionLoss(nn.Module):
             mse = per_patch.mean()
         ncc = normalized_cross_correlation(x, pred_signal)
         loss = (1.0 - self.ncc_weight) * mse + self.ncc_weight * (1.0 - ncc)
-        return {"loss": loss, "loss_mse": mse.detach(), "loss_ncc": (1.0 - ncc).detach(), "ncc": ncc.detach()}
+        with torch.no_grad():
+            ncc_masked = masked_normalized_cross_correlation(x, pred_signal, mask_signal)
+        return {"loss": loss, "loss_mse": mse.detach(), "loss_ncc": (1.0 - ncc).detach(), "ncc": ncc.detach(),
+                "ncc_masked": ncc_masked}
 
 
 # ---- supervised ---------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class SignalMAE(nn.Module):
     """Masked autoencoder on ``(B, 1, leads, T)`` signals (a 3-D ``(B, leads, T)`` input is accepted).
 
     ``forward(x)`` returns a dict: ``loss`` (0-dim, to backprop), detached 0-dim ``loss_mse``,
-    ``loss_ncc`` (= 1 - ncc), ``ncc``, and the tensors ``pred`` (B, L, p0*p1*C) and ``mask``
+    ``loss_ncc`` (= 1 - ncc), ``ncc``, ``ncc_masked``, and the tensors ``pred`` (B, L, p0*p1*C) and ``mask``
     (B, L; 1 = removed).
     """
 
@@ -185,14 +185,15 @@ class SignalMAE(nn.Module):
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, C, leads, T), pred (B, L, p0*p1*C), mask (B, L) -> loss dict (float32, autocast off)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x, pred = x.float(), pred.float()
-            return self.loss_fn(x, self.patchify(x), pred, self.unpatchify(pred), mask.float())
+            x, pred, mask = x.float(), pred.float(), mask.float()
+            mask_signal = self.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
+            return self.loss_fn(x, self.patchify(x), pred, self.unpatchify(pred), mask, mask_signal)
 
     def forward(
         self, x: torch.Tensor, mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
         sample_keys: Optional[torch.Tensor] = None,
     ) -> dict[str, torch.Tensor]:
-        """x (B, 1, leads, T) -> {loss, loss_mse, loss_ncc, ncc, pred (B, L, p0*p1*C), mask (B, L)}.
+        """x (B, 1, leads, T) -> {loss, loss_mse, loss_ncc, ncc, ncc_masked, pred (B, L, p0*p1*C), mask (B, L)}.
 
         ``mask_ratio`` defaults to the constructor's; ``generator`` seeds the masking noise, or, when
         given, the per-sample ``sample_keys`` (B,) int64 from the dataset fix each sample's mask.

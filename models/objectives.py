@@ -217,8 +217,9 @@ class MAEPretraining(Objective):
     (``size``, ``patch_size``, ``mask_ratio``, ``ncc_weight``, ``norm_pix_loss``, ``loss_on``, ...).
 
     Each sample's mask is a function of its ``key`` (its dataset seed, epoch and index), so a sample is
-    masked alike on any rank and in any batch; the loss terms ``loss_mse``, ``loss_ncc``, ``ncc`` are
-    logged. ``exports()`` gives the encoder as ``{'model': state_dict}``, the released MMCL layout, plus
+    masked alike on any rank and in any batch; the loss terms ``loss_mse``, ``loss_ncc``, ``ncc`` and
+    ``ncc_masked`` (the correlation over the removed samples only) are logged. ``exports()`` gives the
+    encoder as ``{'model': state_dict}``, the released MMCL layout, plus
     its data's ``contract`` and ``training_data`` (store, split, records)."""
 
     @classmethod
@@ -236,7 +237,7 @@ class MAEPretraining(Objective):
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         out = self.net(batch[self.field], generator=generator, sample_keys=batch["key"])
-        return {k: out[k] for k in ("loss", "loss_mse", "loss_ncc", "ncc")}
+        return {k: out[k] for k in ("loss", "loss_mse", "loss_ncc", "ncc", "ncc_masked")}
 
     def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
         return {"recon": reconstruction_figure(self.net, batch[self.field][:1], self.row_names,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.factory import build_network
-from models.losses import normalized_cross_correlation
+from models.losses import masked_normalized_cross_correlation, normalized_cross_correlation
 from models.mae import SignalMAE, patchify, unpatchify
 from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from models.vit import VIT_SIZES, Attention, SignalViT, random_masking
@@ -226,6 +226,35 @@ def test_ncc_is_pearson_per_lead():
     assert normalized_cross_correlation(a, torch.ones_like(a)).item() == 0.0  # constant: 0, not NaN
 
 
+def test_masked_ncc_scores_only_the_removed_samples():
+    """ncc_masked is Pearson's r over the masked samples of each row: what the visible patches show
+    does not count, and a flat guess inside the masked patches scores 0 however good the rest is."""
+    mae = small_mae()
+    x = ecg()
+    target = mae.patchify(x)
+    mask = (torch.rand(3, 16, generator=torch.Generator().manual_seed(3)) < 0.6).float()
+    mask[0, :] = 0  # sample 0 has nothing masked: its rows do not count
+    mask[1, :4] = 1  # sample 1, row 0 fully masked
+    keep = mask.unsqueeze(-1)
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(4))
+
+    inferred_only = mae.forward_loss(x, target * keep + noise * (1 - keep), mask)
+    assert inferred_only["ncc_masked"].item() == pytest.approx(1.0, abs=1e-5)
+    assert inferred_only["ncc"].item() < 0.9
+
+    copied_only = mae.forward_loss(x, target * (1 - keep), mask)  # visible exact, masked flat 0
+    assert copied_only["ncc_masked"].item() == 0.0
+    assert copied_only["ncc"].item() > 0.3
+
+    pred = target + 2 * noise
+    mask_signal = mae.unpatchify(mask.unsqueeze(-1).expand_as(target)).bool()
+    pred_signal = mae.unpatchify(pred)
+    expected = [np.corrcoef(x[b, 0, r][mask_signal[b, 0, r]], pred_signal[b, 0, r][mask_signal[b, 0, r]])[0, 1]
+                for b in range(3) for r in range(4) if mask_signal[b, 0, r].sum() >= 2]
+    assert mae.forward_loss(x, pred, mask)["ncc_masked"].item() == pytest.approx(np.mean(expected), abs=1e-5)
+    assert masked_normalized_cross_correlation(x, pred_signal, torch.zeros_like(x)).item() == 0.0  # not NaN
+
+
 def test_perfect_reconstruction_and_loss_on():
     mae = small_mae(ncc_weight=0.1)
     x = ecg()
@@ -266,9 +295,9 @@ def test_forward_outputs_and_reconstruct():
     mae = small_mae(mask_ratio=0.75)
     x = ecg()
     out = mae(x, generator=torch.Generator().manual_seed(0))
-    for k in ("loss", "loss_mse", "loss_ncc", "ncc"):
+    for k in ("loss", "loss_mse", "loss_ncc", "ncc", "ncc_masked"):
         assert out[k].dim() == 0 and out[k].dtype == torch.float32 and torch.isfinite(out[k])
-    assert out["loss"].requires_grad and not any(out[k].requires_grad for k in ("loss_mse", "loss_ncc", "ncc"))
+    assert out["loss"].requires_grad and not any(out[k].requires_grad for k in ("loss_mse", "loss_ncc", "ncc", "ncc_masked"))
     assert out["pred"].shape == (3, 16, 10) and out["mask"].shape == (3, 16)
     assert torch.all(out["mask"].sum(1) == 12)
     assert out["loss_ncc"].item() == pytest.approx(1 - out["ncc"].item())
