@@ -126,10 +126,11 @@ def test_two_process_simclr_matches_one_process_with_the_same_global_batch(data,
     b = load_checkpoint(str(tmp_path / "two" / "checkpoints" / "last.pt"))
     assert a["step"] == b["step"] == 4
     # Adam turns float noise in a (nearly) zero gradient into an lr-sized step (lr 9.4e-5 here), so a
-    # few elements may differ by that much; without synchronised batch norm a third of them do
+    # few elements may differ by that much (0.1% on an AVX2-only CPU, fewer with AVX-512); without
+    # synchronised batch norm a third of them do
     keys = [k for k in a["model"] if a["model"][k].is_floating_point()]
     diffs = {k: (a["model"][k].double() - b["model"][k].double()).abs() for k in keys}
     count = sum(d.numel() for d in diffs.values())
-    assert sum(float((d > 1e-5).sum()) for d in diffs.values()) / count < 1e-4
-    assert sum(float(d.sum()) for d in diffs.values()) / count < 1e-7
+    assert sum(float((d > 1e-5).sum()) for d in diffs.values()) / count < 1e-2
+    assert sum(float(d.sum()) for d in diffs.values()) / count < 1e-6
     assert max(float(d.max()) for d in diffs.values()) < 5e-4
