@@ -182,12 +182,15 @@ class SignalMAE(nn.Module):
         x = self.decoder_norm(x)
         return self.decoder_pred(x[:, 1:])  # drop the cls token before predicting
 
+    def mask_signal(self, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """mask (B, L) -> (B, C, leads, T), each patch's value over its samples (``pred`` gives P)."""
+        return self.unpatchify(mask.to(pred.dtype).unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
+
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, C, leads, T), pred (B, L, p0*p1*C), mask (B, L) -> loss dict (float32, autocast off)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x, pred, mask = x.float(), pred.float(), mask.float()
-            mask_signal = self.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
-            return self.loss_fn(x, self.patchify(x), pred, self.unpatchify(pred), mask, mask_signal)
+            return self.loss_fn(x, self.patchify(x), pred, self.unpatchify(pred), mask, self.mask_signal(mask, pred))
 
     def forward(
         self, x: torch.Tensor, mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
@@ -223,7 +226,6 @@ class SignalMAE(nn.Module):
         if self.norm_pix_loss:
             target = self.patchify(x.float())
             pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
-        mask_patches = mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1])
-        return self.unpatchify(pred), self.unpatchify(mask_patches)
+        return self.unpatchify(pred), self.mask_signal(mask, pred)
 
 
