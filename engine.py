@@ -35,7 +35,7 @@ from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpo
 from util.collectives import convert_sync_batchnorm
 from util.cli import EXTRAS_SCHEMA
 from util.config import Config, instantiate, locate, parse_override, to_yaml
-from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision
+from util.device import PRECISIONS, Precision, make_scaler, resolve_device, resolve_precision, to_device
 from util.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from util.flops import flop_counter, matmul_peak_gflops
 from util.lr_sched import absolute_lr, lr_at, set_lr
@@ -309,16 +309,6 @@ def build_optimizer(objective: torch.nn.Module, effective_batch: int,
 # ----------------------------------------------------------------------------------------
 # Batches
 # ----------------------------------------------------------------------------------------
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch
-
 
 def batch_size(batch: dict) -> int:
     """Samples in a dict batch: the length of ``index`` when it has one, else of its first tensor."""

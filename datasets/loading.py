@@ -74,6 +74,27 @@ class DataInfo:
     # train also train_fraction and subset_seed (an encoder records what it was pretrained on)
     splits: dict = field(default_factory=dict)
 
+    def as_trained(self, trained: dict, where: str) -> "DataInfo":
+        """The description a checkpoint's objective was built for (``trained``: its ``data`` entry,
+        ``util.train_state.run_identity``), with this data's lead names and rates where the field is
+        the same, so that the objective is rebuilt exactly as it was trained. ``where`` names the file."""
+        from util.errors import CheckpointError
+
+        inputs = {}
+        for name, shape in (trained.get("inputs") or {k: list(v.shape) for k, v in self.inputs.items()}).items():
+            given = self.inputs.get(name)
+            if given is not None and list(given.shape) != list(shape):
+                raise CheckpointError(f"checkpoint '{where}' was trained on '{name}' inputs of shape "
+                                      f"{tuple(shape)}, but this data gives {tuple(given.shape)}: use the data "
+                                      "settings it was trained with (data.time_steps, data.img_size, data.leads)")
+            inputs[name] = InputSpec(tuple(shape), given.channel_names if given else (),
+                                     given.sampling_rate if given else None)
+        label_names = [str(n) for n in trained.get("label_names", self.label_names)]
+        same_labels = label_names == [str(n) for n in self.label_names]
+        return DataInfo(inputs=inputs, task_type=trained.get("task_type", self.task_type), label_names=label_names,
+                        train_labels=self.train_labels if same_labels else None, source=self.source,
+                        contract=trained.get("contract") or self.contract, contract_policy=self.contract_policy)
+
 
 @dataclass
 class Data:

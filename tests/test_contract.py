@@ -14,6 +14,7 @@ from builders import FINETUNE_TINY, PRETRAIN_TINY
 from datasets import check_overlap
 from datasets.store import STANDARD_LEADS, Store, make_splits, write_store
 from util import cli, contract
+from util.errors import ConfigError
 
 N, T = 60, 400
 
@@ -71,6 +72,16 @@ def test_mismatches_name_each_differing_field_and_ignore_unknown_ones():
     given = {"sampling_rate": 250.0, "channel_names": ["I", "II"], "seconds": 5.0}  # zscore unknown here
     assert contract.mismatches(trained, given) == ["sampling_rate: 500.0 (trained) vs 250.0 (this data)"]
     assert contract.mismatches(None, given) == []
+
+
+def test_paired_contracts_are_compared_per_modality():
+    ecg = {"modality": "ecg", "sampling_rate": 500, "units": "mV"}
+    cmr = {"modality": "cmr", "image_size": 128}
+    paired = {"modality": "paired", "ecg": ecg, "cmr": cmr}
+    contract.check(paired, {"modality": "paired", "ecg": dict(ecg), "cmr": dict(cmr)}, what="m", policy="error")
+    with pytest.raises(ConfigError, match=r"m \(ecg\) was trained .*sampling_rate: 500 \(trained\) vs 250"):
+        contract.check(paired, {"modality": "paired", "ecg": {**ecg, "sampling_rate": 250}, "cmr": cmr},
+                       what="m", policy="error")
 
 
 def test_the_encoder_file_records_its_contract_and_training_records(trained):

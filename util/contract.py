@@ -40,9 +40,14 @@ def describe(contract: Optional[dict]) -> str:
 
 
 def check(trained: Optional[dict], given: Optional[dict], *, what: str, policy: str, log: Any = None) -> None:
-    """Refuse (``policy`` error) or warn about (``warn``) a contract mismatch; ``what`` names the model."""
+    """Refuse (``policy`` error) or warn about (``warn``) a contract mismatch; ``what`` names the model.
+    Paired (ECG+CMR) contracts are compared per modality."""
     from util.errors import ConfigError
 
+    if trained and given and trained.get("modality") == "paired" and given.get("modality") == "paired":
+        for side in ("ecg", "cmr"):
+            check(trained.get(side), given.get(side), what=f"{what} ({side})", policy=policy, log=log)
+        return
     found = mismatches(trained, given)
     if not found:
         return

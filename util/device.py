@@ -18,7 +18,18 @@ from util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "PRECISIONS", "Precision", "resolve_precision", "make_scaler"]
+__all__ = ["resolve_device", "to_device", "PRECISIONS", "Precision", "resolve_precision", "make_scaler"]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors in dicts, lists, tuples) on ``device``; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
 
 
 def resolve_device(accelerator: str = "auto", local_rank: int = 0) -> torch.device:

@@ -32,11 +32,13 @@ A checkpoint written mid-epoch (preemption) also has ``batch_in_epoch`` (batches
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional
 
 import torch
 
-from util.errors import CheckpointError
+from util.checkpoint import load_checkpoint
+from util.errors import CheckpointError, ConfigError
 from util.seeding import rng_state, set_rng_state
 
 FORMAT_VERSION = 2
@@ -75,6 +77,22 @@ def checkpoint_objective(ckpt: dict) -> Optional[str]:
     if any(k.startswith("net.head.") for k in keys):
         return "models.objectives.Classification"
     return None
+
+
+def read_run_checkpoint(path: str, encoder_file_ok: bool) -> Optional[dict]:
+    """A training checkpoint of ours (with its objective and config), or None for an encoder file
+    (``encoder_file_ok``: a file ``load_checkpoint`` cannot read is then left to the weights loader,
+    which says what to do with, e.g., a pickled reference checkpoint)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"ckpt_path '{path}' does not exist: give a checkpoint of a run "
+                          "(<run dir>/checkpoints/*.pt) or an encoder file (encoder.pth)")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        if encoder_file_ok:
+            return None
+        raise
+    return ckpt if checkpoint_objective(ckpt) and ckpt.get("config") else None
 
 
 def check_checkpoint_kind(ckpt: dict, identity: dict, path: str, use: str, contract_policy: str = "error") -> None:
