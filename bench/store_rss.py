@@ -123,7 +123,7 @@ def measure(root: Path, batches: int, batch_size: int, time_steps: int, workers:
                num_workers=workers, pin_memory=False, persistent_workers=True, drop_last=True,
                use_train_subsample=False, fold=None, train_fraction=1.0, subset_seed=0, nonfinite="error",
                time_steps=time_steps,
-               input_electrodes=None, expected_sampling_rate=None, expected_leads=None, augment=False,
+               input_electrodes=None, expected_sampling_rate=None, expected_leads=None, normalize="none", augment=False,
                augment_device="cpu", ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25,
                jitter_mode="multiplicative", rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)
     loader = build_data(cfg, ("train",), seed=0).loaders["train"]

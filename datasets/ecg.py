@@ -27,8 +27,9 @@ import torch
 from datasets.augment import CONFIG_SCHEMA as AUGMENT_SCHEMA
 from datasets.augment import build_ecg_transforms
 from datasets.loading import DataInfo, InputSpec, KeyedDataset, StoreSource, label_tensor
+from datasets.preprocess import ZSCORES, zscore_leads
 from datasets.store import Store, StoreError, open_store
-from util.schema import AnyOf, Float, Int, List, Str
+from util.schema import AnyOf, Choice, Float, Int, List, Str
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 FIELD = "ecg"
@@ -43,6 +44,8 @@ class ECGDataset(KeyedDataset):
         time_steps: crop length in samples (None = the whole record); refused when > T.
         leads: lead names or indices to keep, in that order (None = all, in store order).
         train: random crop start uniform in ``[0, T - time_steps]``; otherwise start 0.
+        normalize: none | lead | group: each crop's leads (or lead groups) to zero mean and unit
+            variance before the transform (``datasets.preprocess.zscore_leads``).
         transform: ``transform(x, generator) -> x`` on ``(n_leads, time_steps)`` float32.
         seed: base seed of the per-sample generators.
 
@@ -52,7 +55,7 @@ class ECGDataset(KeyedDataset):
 
     def __init__(self, store: Union[Store, str, os.PathLike], split: Union[str, Sequence[int]], *,
                  time_steps: Optional[int], leads: Optional[Sequence[Union[str, int]]] = None, train: bool,
-                 transform: Optional[Transform] = None, seed: int = 0):
+                 transform: Optional[Transform] = None, seed: int = 0, normalize: str = "none"):
         self.store = store if isinstance(store, Store) else Store(store)
         if self.store.modality != "ecg":
             raise StoreError(f"ECGDataset needs an ECG store; {self.store.root} is a {self.store.modality} store")
@@ -67,6 +70,7 @@ class ECGDataset(KeyedDataset):
         self.lead_index = self._lead_index(leads)
         self.lead_names = [self.store.lead_names[i] for i in self.lead_index]
         self.train = train
+        self.normalize = normalize
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -99,8 +103,8 @@ class ECGDataset(KeyedDataset):
         start = 0
         if self.train and self.time_steps < self.length:
             start = int(torch.randint(0, self.length - self.time_steps + 1, (1,), generator=generator))
-        window = self.store.read(record, start, start + self.time_steps, self.lead_index)
-        x = torch.from_numpy(window.astype(np.float32, copy=False))  # (n_leads, time_steps)
+        window = self.store.read(record, start, start + self.time_steps, self.lead_index).astype(np.float32)
+        x = torch.from_numpy(zscore_leads(window, self.normalize, self.lead_names))  # (n_leads, time_steps)
         if self.transform is not None:
             x = self.transform(x, generator)
         return {FIELD: x.unsqueeze(0), "label": label_tensor(self.store, record)}
@@ -110,12 +114,13 @@ class ECGSource(StoreSource):
     """The ECG data kind for ``datasets.build_data`` (see ``datasets.loading`` for the protocol).
 
     Reads ``data.`` build_demo, data_root, dataset_key, expected_leads, expected_sampling_rate,
-    time_steps, input_electrodes and the augmentation keys of ``configs/data/ecg.yaml``."""
+    time_steps, input_electrodes, normalize and the augmentation keys of ``configs/data/ecg.yaml``."""
 
     SCHEMA = {  # the ECG keys of a data config, besides datasets.loading.LOADER_SCHEMA
         "time_steps": Int(min=1), "input_electrodes": List(AnyOf(Str(), Int(min=0)), min_length=1, nullable=True),
         "expected_sampling_rate": Float(min=0, min_open=True, nullable=True),
-        "expected_leads": List(Str(), min_length=1, nullable=True), **AUGMENT_SCHEMA,
+        "expected_leads": List(Str(), min_length=1, nullable=True), "normalize": Choice(*ZSCORES),
+        **AUGMENT_SCHEMA,
     }
 
     def __init__(self, data_cfg: Mapping, seed: int) -> None:
@@ -131,18 +136,22 @@ class ECGSource(StoreSource):
         self.store.check_compatible(lead_names=data_cfg["expected_leads"],
                                     sampling_rate=data_cfg["expected_sampling_rate"])
         self.time_steps, self.leads, self.seed = int(data_cfg["time_steps"]), data_cfg["input_electrodes"], seed
+        self.normalize = data_cfg["normalize"]
         self.train_transform, batch_transform = build_ecg_transforms(data_cfg)
         self.device_transforms = {FIELD: batch_transform} if batch_transform is not None else {}
         self._probe = self.dataset(np.zeros(0, dtype=np.int64), train=False)  # checks time_steps and leads now
 
     def dataset(self, records: np.ndarray, train: bool) -> ECGDataset:
         return ECGDataset(self.store, records, time_steps=self.time_steps, leads=self.leads, train=train,
-                          transform=self.train_transform if train else None, seed=self.seed)
+                          transform=self.train_transform if train else None, seed=self.seed, normalize=self.normalize)
 
     def info(self, train_records: Optional[np.ndarray]) -> DataInfo:
         labels = self.train_labels(train_records)
+        # what the model is fed: these leads, in mV or, z-scored at ingest or per crop, in standard deviations
+        contract = {**self.store.contract, "channel_names": list(self._probe.lead_names), "normalize": self.normalize}
+        scaled = self.normalize != "none" or contract.get("zscore", "none") != "none"
         spec = InputSpec(shape=(1, len(self._probe.lead_index), self.time_steps),
-                         channel_names=list(self._probe.lead_names), sampling_rate=self.store.sampling_rate)
-        contract = {**self.store.contract, "channel_names": list(self._probe.lead_names)}  # the leads fed in
+                         channel_names=list(self._probe.lead_names), sampling_rate=self.store.sampling_rate,
+                         units="SD" if scaled else str(contract.get("units") or "mV"))
         return DataInfo(inputs={FIELD: spec}, task_type=self.store.task_type, label_names=self.store.label_names,
                         train_labels=labels, source=str(self.store.root), contract=contract)

@@ -58,6 +58,7 @@ class InputSpec:
     shape: tuple                      # e.g. (1, 12, 2500): channels, leads, time steps
     channel_names: Sequence[str] = ()  # e.g. the lead names, in order
     sampling_rate: Optional[float] = None
+    units: str = "mV"                  # of the values: mV, or SD for z-scored signals (figures draw it)
 
 
 @dataclass
@@ -87,8 +88,8 @@ class DataInfo:
                 raise CheckpointError(f"checkpoint '{where}' was trained on '{name}' inputs of shape "
                                       f"{tuple(shape)}, but this data gives {tuple(given.shape)}: use the data "
                                       "settings it was trained with (data.time_steps, data.img_size, data.leads)")
-            inputs[name] = InputSpec(tuple(shape), given.channel_names if given else (),
-                                     given.sampling_rate if given else None)
+            inputs[name] = (InputSpec(tuple(shape), given.channel_names, given.sampling_rate, given.units) if given
+                            else InputSpec(tuple(shape)))
         label_names = [str(n) for n in trained.get("label_names", self.label_names)]
         same_labels = label_names == [str(n) for n in self.label_names]
         return DataInfo(inputs=inputs, task_type=trained.get("task_type", self.task_type), label_names=label_names,

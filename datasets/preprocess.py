@@ -20,19 +20,19 @@ meet it (missing leads, unknown units, NaN/inf values, too short) raises ``BadRe
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from datasets.sources import BadRecord, Image, Signal, standard_lead
 from datasets.store import STANDARD_LEADS
 
-__all__ = ["UNITS_TO_MV", "BASELINES", "ZSCORES", "signal_to_contract", "image_to_contract"]
+__all__ = ["UNITS_TO_MV", "BASELINES", "ZSCORES", "zscore_leads", "signal_to_contract", "image_to_contract"]
 
 UNITS_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 BASELINES = ("none", "highpass", "als")
 ZSCORES = ("none", "lead", "group")
-_LIMB, _CHEST = slice(0, 6), slice(6, 12)
+_LIMB_LEADS = frozenset(STANDARD_LEADS[:6])  # I, II, III, aVR, aVL, aVF
 
 
 def _units_factor(units: str) -> float:
@@ -88,7 +88,25 @@ def _als_baseline(y: np.ndarray, lam: float = 1e7, p: float = 0.3, iterations: i
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / max(float(x.std()), 1e-8)
+    return (x - x.mean()) / max(float(x.std()), 1e-8)  # a constant lead (group) becomes zeros
+
+
+def zscore_leads(x: np.ndarray, mode: str, lead_names: Sequence[str] = STANDARD_LEADS) -> np.ndarray:
+    """``x`` (leads, T) with each lead (``lead``), or the limb leads I-aVF and the other leads each as
+    one group (``group``, the reference's), at zero mean and unit variance; ``none``: unchanged.
+    Ingest applies it to whole records (``--zscore``), ``data.normalize`` to each crop."""
+    if mode == "none":
+        return x
+    if mode == "lead":
+        return np.stack([_zscore(lead) for lead in x]).astype(x.dtype, copy=False)
+    if mode != "group":
+        raise ValueError(f"zscore must be one of {ZSCORES}, got {mode!r}")
+    limb = np.array([str(name) in _LIMB_LEADS for name in lead_names])
+    out = np.empty_like(x)
+    for rows in (limb, ~limb):
+        if rows.any():
+            out[rows] = _zscore(x[rows])
+    return out
 
 
 def signal_to_contract(signal: Signal, *, rate: float, seconds: float, min_seconds: Optional[float] = None,
@@ -116,12 +134,7 @@ def signal_to_contract(signal: Signal, *, rate: float, seconds: float, min_secon
     if clip is not None:
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True)
         x = np.clip(x, mean - clip * std, mean + clip * std)
-    if zscore == "lead":
-        x = np.stack([_zscore(lead) for lead in x])
-    elif zscore == "group":
-        x = np.concatenate([_zscore(x[_LIMB]), _zscore(x[_CHEST])])
-    elif zscore != "none":
-        raise ValueError(f"zscore must be one of {ZSCORES}, got {zscore!r}")
+    x = zscore_leads(x, zscore)
     return x.astype(np.float32), padded
 
 

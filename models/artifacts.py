@@ -236,7 +236,8 @@ def write_saliency(cfg: Config, objective, data, records: list, methods: list[st
                     x = batch[smap.field][0].float().cpu().numpy()
                     if spec.sampling_rate:
                         fig = ecg_figure(x[0], spec.sampling_rate, list(spec.channel_names), saliency=values[0],
-                                         title=title, layout=cfg.figures.ecg_layout, saliency_label=what)
+                                         title=title, layout=cfg.figures.ecg_layout, saliency_label=what,
+                                         units=spec.units)
                     else:
                         fig = image_overlay_figure(x, values[0], title=title, heatmap_label=what)
                     run_logger.log_figure(f"saliency/{safe_name(rid)}/{smap.field}/{method}/{safe_name(smap.about)}",

@@ -4,7 +4,8 @@ matplotlib ``Figure``; the caller saves (``RunLogger.log_figure``) and closes it
 
 ECG paper: 25 mm/s and 10 mm/mV drawn to scale (1 mm of time = 1 mm of amplitude), the grid's minor
 lines every 0.04 s and 0.1 mV, major every 0.2 s and 0.5 mV, a 1 mV / 0.2 s calibration pulse at the
-start of every row, lead names at the start of every lead, time in seconds.
+start of every row, lead names at the start of every lead, time in seconds. Z-scored signals
+(``units="SD"``) are drawn at 2.5 mm per SD, and the axis says so.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ MM_PER_S, MM_PER_MV = 25.0, 10.0
 MM_PER_INCH = 25.4
 SCALE = 1.25  # the printout is drawn a little larger than paper, so it stays readable on screens
 CALIBRATION_S = 0.2  # width of the 1 mV calibration pulse
+MV, SD_SCALE = "mV", 0.25  # z-scored signals (units SD): 1 SD drawn as 0.25 mV
 
 
 class _Paper:
     """Rows of ECG strips on one axes: x in seconds, y in mV, row ``r`` centred at ``-r * band``."""
 
-    def __init__(self, seconds: float, rows: int, band: float, title: Optional[str], extra_height: float = 0.0):
+    def __init__(self, seconds: float, rows: int, band: float, title: Optional[str], extra_height: float = 0.0,
+                 amplitude_label: str = ""):
         self.seconds, self.rows, self.band = seconds, rows, band
         self.x0 = -2.0 * CALIBRATION_S  # room for the calibration pulse before t = 0
         width_mm = (seconds - self.x0) * MM_PER_S
@@ -48,11 +51,11 @@ class _Paper:
         ax = self.ax
         ax.set_xlim(self.x0, seconds)
         ax.set_ylim(self.bottom, self.top)
-        step = 1.0 if seconds > 3 else 0.2
+        step = 1.0 if seconds > 3 else (0.5 if seconds > 1 else 0.2)  # labels that do not run together
         ax.set_xticks(np.arange(0, seconds + 1e-9, step))
         ax.set_yticks([])
         ax.set_xlabel("time (s)   [25 mm/s; grid 0.04 s minor, 0.2 s major]")
-        ax.set_ylabel("amplitude (mV)   [10 mm/mV; grid 0.1 / 0.5 mV; pulse = 1 mV]")
+        ax.set_ylabel(amplitude_label or _amplitude(MV)[1])
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
 
@@ -95,6 +98,16 @@ class _Paper:
         return self.fig
 
 
+def _amplitude(units: str) -> tuple[float, str]:
+    """The drawing scale of ``units`` (values x scale = paper mV) and the amplitude axis's label. A
+    z-scored lead (SD) is drawn at 2.5 mm per SD: a resting lead's SD is about 0.2-0.3 mV, so the
+    waves keep the size they have on paper at 10 mm/mV."""
+    if units == MV:
+        return 1.0, "amplitude (mV)   [10 mm/mV; grid 0.1 / 0.5 mV; pulse = 1 mV]"
+    return SD_SCALE, (f"amplitude ({units})   [{MM_PER_MV * SD_SCALE:g} mm/{units}; grid {0.1 / SD_SCALE:g} / "
+                      f"{0.5 / SD_SCALE:g} {units}; pulse = {1 / SD_SCALE:g} {units}]")
+
+
 def _band(signal: np.ndarray) -> float:
     """Row height in mV: room for the largest lead's swing, at least 2.5 mV (the calibration pulse's 1 mV)."""
     swing = float(np.nanmax(np.ptp(signal, axis=1))) if signal.size else 0.0
@@ -130,13 +143,15 @@ def _norm(values: np.ndarray, percentile: float = 100.0) -> tuple[Normalize, boo
 
 def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[str], *,
                saliency: Optional[np.ndarray] = None, title: Optional[str] = None, layout: str = "12x1",
-               saliency_label: str = "attribution", cmap: str = "Reds", rhythm_lead: str = "II") -> plt.Figure:
-    """An ECG ``(leads, T)`` in mV on ECG paper. ``layout`` 12x1: one row per lead, the whole record;
+               saliency_label: str = "attribution", cmap: str = "Reds", rhythm_lead: str = "II",
+               units: str = MV) -> plt.Figure:
+    """An ECG ``(leads, T)`` in ``units`` (mV, or SD for z-scored signals) on ECG paper. ``layout`` 12x1: one row per lead, the whole record;
     3x4: the clinical rows (I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6, each column a quarter of the
     record) and a ``rhythm_lead`` strip (leads other than the standard 12 fall back to 12x1).
     ``saliency`` ``(leads, T)``: drawn as colour inside each lead's own band (a diverging scale when it
     has negative values; the colour saturates at the 99.5th percentile of |saliency|)."""
-    signal = np.asarray(signal, dtype=np.float64)
+    scale, amplitude_label = _amplitude(units)
+    signal = np.asarray(signal, dtype=np.float64) * scale
     if signal.ndim != 2 or len(lead_names) != signal.shape[0]:
         raise ValueError(f"signal must be (leads, T) with one name per lead; got {signal.shape} and "
                          f"{len(lead_names)} names")
@@ -147,7 +162,7 @@ def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[st
     T = signal.shape[1]
     strips = _segments(lead_names, T, layout, rhythm_lead)
     paper = _Paper(T / sampling_rate, max(r for r, *_ in strips) + 1, _band(signal), title,
-                   extra_height=0.4 if saliency is not None else 0.0)
+                   extra_height=0.4 if saliency is not None else 0.0, amplitude_label=amplitude_label)
     norm = None
     if saliency is not None:  # the top 0.5% of samples saturate, so the rest of a sparse map stays visible
         norm, diverging = _norm(saliency, percentile=99.5)
@@ -171,16 +186,18 @@ def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[st
 
 
 def ecg_reconstruction_figure(signal: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
-                              sampling_rate: float, lead_names: Sequence[str], *, title: Optional[str] = None
-                              ) -> plt.Figure:
+                              sampling_rate: float, lead_names: Sequence[str], *, title: Optional[str] = None,
+                              units: str = MV) -> plt.Figure:
     """An MAE's input (black), its masked patches (grey) and the reconstruction of those patches (blue),
-    every lead ``(leads, T)`` on ECG paper, one row per lead."""
+    every lead ``(leads, T)`` in ``units`` on ECG paper, one row per lead."""
+    scale, amplitude_label = _amplitude(units)
     signal, reconstruction, mask = (np.asarray(a, dtype=np.float64) for a in (signal, reconstruction, mask))
+    signal, reconstruction = signal * scale, reconstruction * scale
     if not signal.shape == reconstruction.shape == mask.shape or len(lead_names) != signal.shape[0]:
         raise ValueError(f"signal {signal.shape}, reconstruction {reconstruction.shape} and mask {mask.shape} must "
                          f"be equal (leads, T) with one name per lead ({len(lead_names)})")
     T = signal.shape[1]
-    paper = _Paper(T / sampling_rate, signal.shape[0], _band(signal), title)
+    paper = _Paper(T / sampling_rate, signal.shape[0], _band(signal), title, amplitude_label=amplitude_label)
     t = np.arange(T) / sampling_rate
     for row in range(signal.shape[0]):
         offset = np.nanmedian(signal[row])
@@ -193,8 +210,11 @@ def ecg_reconstruction_figure(signal: np.ndarray, reconstruction: np.ndarray, ma
         paper.trace(row, t, np.where(masked, reconstruction[row] - offset, np.nan), color="tab:blue", lw=0.9,
                     label="reconstruction (masked part)" if row == 0 else None)
         paper.label(row, 0.0, str(lead_names[row]))
-    paper.ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False,
+    # the legend on its own line under the title: on a short (narrow) record they would overlap
+    paper.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False,
                     borderaxespad=0.1)
+    if title:
+        paper.ax.set_title(title, fontsize=10, loc="left", pad=16)
     return paper.finish()
 
 

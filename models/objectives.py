@@ -231,7 +231,7 @@ class MAEPretraining(Objective):
         super().__init__(optim)
         self.field, spec = single_input(data)
         self.row_names = list(spec.channel_names or [])
-        self.sampling_rate = spec.sampling_rate
+        self.sampling_rate, self.units = spec.sampling_rate, spec.units
         self.net = build_network(arch, "mae", input_size=spec.shape[1:], in_chans=spec.shape[0], **network)
         self.remember_training_data(data)
 
@@ -241,7 +241,7 @@ class MAEPretraining(Objective):
 
     def validation_figures(self, batch: dict, generator: Optional[torch.Generator]) -> dict:
         return {"recon": reconstruction_figure(self.net, batch[self.field][:1], self.row_names,
-                                                 generator, self.sampling_rate)}
+                                                 generator, self.sampling_rate, self.units)}
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """The mean of the encoder's patch tokens (after its final norm), nothing masked."""
@@ -254,9 +254,9 @@ class MAEPretraining(Objective):
 
 
 def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, generator,
-                          sampling_rate: Optional[float] = None):
+                          sampling_rate: Optional[float] = None, units: str = "mV"):
     """Input vs reconstruction of every lead of one signal, masked patches shaded, on ECG paper
-    (seconds, mV; ``models.figures``). Without a sampling rate the time axis counts samples / 1 Hz."""
+    (seconds, ``units``; ``models.figures``). Without a sampling rate the time axis counts samples / 1 Hz."""
     from models.figures import ecg_reconstruction_figure
 
     with torch.no_grad():
@@ -264,7 +264,7 @@ def reconstruction_figure(mae: nn.Module, x: torch.Tensor, row_names: list, gene
     x, recon, mask = (t[0, 0].float().cpu().numpy() for t in (x, recon, mask))
     names = [str(row_names[i]) if i < len(row_names) else f"row {i}" for i in range(x.shape[0])]
     return ecg_reconstruction_figure(x, recon, mask, float(sampling_rate or 1.0), names,
-                                     title="validation record: MAE reconstruction")
+                                     title="validation record: MAE reconstruction", units=units)
 
 
 # ---- SimCLR ------------------------------------------------------------------------------------------

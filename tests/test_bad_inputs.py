@@ -108,6 +108,7 @@ def finetune(assets, tmp_path, *overrides, task="multiclass", data=None):
     ("model.optim.betas=[0.9]", ["model.optim.betas", "list of 2 items"]),
     ("callbacks.early_stopping.mode=maximum", ["callbacks.early_stopping.mode", "one of min, max"]),
     ("data.augment_device=gpu", ["data.augment_device", "one of auto, cpu, device"]),
+    ("data.normalize=minmax", ["data.normalize = 'minmax'", "one of none, lead, group"]),
     ("trainer.limit_train_batches=-1", ["trainer.limit_train_batches"]),
     ("trainer.accumulate_grad_batches=0", ["trainer.accumulate_grad_batches"]),
     ("resume=always", ["resume = 'always'", "auto"]),

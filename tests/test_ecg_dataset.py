@@ -108,6 +108,34 @@ def test_transform_gets_leads_by_time_and_a_generator(store):
     assert seen == [((2, STEPS), torch.float32, True)] and x.shape == (1, 2, STEPS)
 
 
+def test_normalize_zscores_each_crop_per_lead_group_before_the_transform(store):
+    seen = []
+    ds = ECGDataset(store, "train", time_steps=STEPS, leads=["V1", "I", "II", "V2"], train=True,
+                    normalize="group", transform=lambda x, g: seen.append(x.clone()) or x)
+    x = ds[0]["ecg"][0].double()
+    raw = ECGDataset(store, "train", time_steps=STEPS, leads=["V1", "I", "II", "V2"], train=True)[0]["ecg"][0]
+    assert torch.equal(seen[0], x.float())
+    limb, chest = x[[1, 2]], x[[0, 3]]  # grouped by name, whatever the order asked for
+    for group in (limb, chest):
+        assert abs(float(group.mean())) < 1e-5 and float(group.std(unbiased=False)) == pytest.approx(1, abs=1e-4)
+    assert float(x[1].std()) != pytest.approx(1, abs=1e-3)  # one standard deviation per group, not per lead
+    # the same crop: only the scale and offset of each group change
+    ratio = (x[1] - x[1, 0]) / (raw[1] - raw[1, 0]).double()
+    assert torch.allclose(ratio[1:], ratio[1:2].expand(STEPS - 1), rtol=1e-3)
+    per_lead = ECGDataset(store, "train", time_steps=STEPS, train=True, normalize="lead")[0]["ecg"][0]
+    assert torch.allclose(per_lead.std(dim=1, unbiased=False), torch.ones(12), atol=1e-4)
+
+
+def test_normalize_is_part_of_the_contract_and_makes_the_units_standard_deviations(store):
+    infos = {mode: build_data(data_cfg(store.root, normalize=mode), ("train",), seed=0).info
+             for mode in ("none", "group")}
+    assert infos["none"].contract["normalize"] == "none" and infos["none"].inputs["ecg"].units == "mV"
+    assert infos["group"].contract["normalize"] == "group" and infos["group"].inputs["ecg"].units == "SD"
+    from util import contract
+    assert contract.mismatches(infos["group"].contract, infos["none"].contract) == [
+        "normalize: 'group' (trained) vs 'none' (this data)"]
+
+
 @pytest.mark.parametrize("task_type, dtype, shape", [
     ("multilabel", torch.float32, (3,)), ("multiclass", torch.int64, ()), ("regression", torch.float32, ()),
     (None, torch.float32, (0,)),
@@ -151,7 +179,8 @@ def data_cfg(root, **kw):
                num_workers=0, pin_memory=False, persistent_workers=False, drop_last=True, use_train_subsample=False,
                fold=None, train_fraction=1.0, subset_seed=0, nonfinite="error", contract_mismatch="error",
                time_steps=STEPS,
-               input_electrodes=None, expected_sampling_rate=None, expected_leads=None, augment=False, augment_device="cpu",
+               input_electrodes=None, expected_sampling_rate=None, expected_leads=None, normalize="none",
+               augment=False, augment_device="cpu",
                ft_surr_phase_noise=0.1, ft_surr_p=0.5, jitter_sigma=0.25, jitter_mode="multiplicative",
                rescaling_sigma=0.5, time_flip_p=0.0, sign_flip_p=0.0)
     cfg.update(kw)

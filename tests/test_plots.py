@@ -44,6 +44,19 @@ def test_a_12_lead_figure_names_every_lead_and_reads_in_seconds_and_millivolts()
     plt.close(fig)
 
 
+def test_a_zscored_ecg_is_drawn_at_2_5_mm_per_sd_and_says_so():
+    x = ecg()
+    in_mv = ecg_figure(x, FS, list(STANDARD_LEADS))
+    in_sd = ecg_figure(x, FS, list(STANDARD_LEADS), units="SD")
+    assert "mV" in in_mv.axes[0].get_ylabel() and "2.5 mm/SD" in in_sd.axes[0].get_ylabel()
+    trace = [line for line in in_sd.axes[0].get_lines() if len(line.get_xdata()) == T][0]
+    reference = [line for line in in_mv.axes[0].get_lines() if len(line.get_xdata()) == T][0]
+    ptp = np.ptp(trace.get_ydata()), np.ptp(reference.get_ydata())
+    assert ptp[0] == pytest.approx(0.25 * ptp[1])
+    plt.close(in_mv)
+    plt.close(in_sd)
+
+
 def test_a_saliency_map_of_another_shape_and_an_unknown_layout_are_refused():
     with pytest.raises(ValueError, match="saliency has shape"):
         ecg_figure(ecg(), FS, list(STANDARD_LEADS), saliency=np.zeros((12, 10)))

@@ -14,10 +14,11 @@ from typing import Any, Optional
 
 __all__ = ["COMPARED", "mismatches", "describe"]
 
-# the fields that change what a network sees; the record length, the source and the options that
-# produced the same values (e.g. the number of ingest workers) may differ
-COMPARED = ("modality", "sampling_rate", "channel_names", "units", "baseline", "clip", "zscore", "image_size",
-            "intensity")
+# the fields that change what a network sees (``normalize``: the ECG loader's per-crop z-score); the
+# record length, the source and the options that produced the same values (e.g. the number of ingest
+# workers) may differ
+COMPARED = ("modality", "sampling_rate", "channel_names", "units", "baseline", "clip", "zscore", "normalize",
+            "image_size", "intensity")
 
 
 def mismatches(trained: Optional[dict], given: Optional[dict]) -> list[str]:
