@@ -19,7 +19,8 @@ Loading rules (``load_pretrained``):
   mapped to torchvision ResNet names (``conv1``, ``bn1``, ``layer1`` ...).
 * ``ignore_prefixes`` (MAE decoder, mask token, contrastive projector / predictor) are dropped and
   listed under ``ignored`` unless the model has those keys itself.
-* ``pos_embed`` with a different token grid is resized to the model's grid (``interpolated``).
+* ``pos_embed`` with a different token grid is resized to the model's grid (``interpolated``): a
+  fixed sin-cos table (the MAE's) is rebuilt for the new grid, a learned one interpolated (bicubic).
 * A convolution with RGB weights for a model with 1 input channel (a torchvision / MMCL ResNet stem
   for grayscale CMR) gets the weights summed over their input channels.
 * Other shape differences are refused (``mismatched``): they mean a different architecture or size.
@@ -44,7 +45,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models.pos_embed import resize_pos_embed
+from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from util.checkpoint import unreadable_reason
 from util.errors import WeightsError
 
@@ -308,6 +309,15 @@ def _pos_embed_grids(model: nn.Module, key: str, old_len: int, new_len: int,
     return None
 
 
+def _is_sincos_table(value: torch.Tensor, grid: Sequence[int], prefix: int) -> bool:
+    """Whether a (1, prefix + rows*cols, D) embedding is ``sincos_pos_embed_2d`` of ``grid``."""
+    dim = value.shape[-1]
+    if prefix > 1 or dim % 4:
+        return False
+    table = sincos_pos_embed_2d(dim, grid, cls_token=prefix == 1)[None]
+    return table.shape == value.shape and torch.allclose(value.float(), table, atol=1e-5)
+
+
 def load_pretrained(
     model: nn.Module,
     path,
@@ -361,11 +371,18 @@ def load_pretrained(
             grids = _pos_embed_grids(model, key, have[1], want[1], checkpoint_grid)
         if grids is not None:
             old, new, prefix = grids
-            to_load[key] = resize_pos_embed(value, old, new, num_prefix_tokens=prefix)
-            report.interpolated.append(key)
             how = "given" if checkpoint_grid else ("inferred: same rows" if old[0] == new[0] else "inferred: same columns")
-            report.notes.append(f"{key} resized from a {old[0]}x{old[1]} to a {new[0]}x{new[1]} token grid "
-                                f"(checkpoint grid {how}; pass checkpoint_grid if that is wrong)")
+            if _is_sincos_table(value, old, prefix):
+                # a fixed sin-cos table (the MAE's): the table of the new grid is its exact extension,
+                # where interpolating would stretch the time axis
+                to_load[key] = sincos_pos_embed_2d(have[2], new, cls_token=prefix == 1)[None].to(value.dtype)
+                report.notes.append(f"{key}: the sin-cos table of the {old[0]}x{old[1]} token grid, rebuilt for the "
+                                    f"model's {new[0]}x{new[1]} grid (checkpoint grid {how})")
+            else:
+                to_load[key] = resize_pos_embed(value, old, new, num_prefix_tokens=prefix)
+                report.notes.append(f"{key} resized from a {old[0]}x{old[1]} to a {new[0]}x{new[1]} token grid "
+                                    f"(checkpoint grid {how}; pass checkpoint_grid if that is wrong)")
+            report.interpolated.append(key)
         elif is_new_layer(key):
             report.notes.append(f"{key} kept its fresh init: checkpoint shape {have}, model {want}")
         else:

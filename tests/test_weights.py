@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from models.mae import SignalMAE
-from models.pos_embed import resize_pos_embed
+from models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from models.vit import SignalViT
 from models.weights import LoadReport, WeightsError, load_pretrained, read_state_dict
 from util.config import ConfigError
@@ -197,29 +197,42 @@ def test_mmcl_image_encoder_into_torchvision_resnet(tmp_path, arch):
 
 
 # ---- pos_embed interpolation --------------------------------------------------------------------------
-def test_pos_embed_interpolated_for_longer_signals(tmp_path):
-    mae = tiny_mae()  # 12 x 200, patch 1 x 50 -> grid 12 x 4
+def test_a_sincos_pos_embed_is_rebuilt_for_longer_signals_and_a_learned_one_interpolated(tmp_path):
+    mae = tiny_mae()  # 12 x 200, patch 1 x 50 -> grid 12 x 4; its pos_embed is the fixed sin-cos table
     torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
     vit = tiny_vit(input_size=(12, 400), global_pool="avg")  # grid 12 x 8
+    torch.nn.init.normal_(vit.pos_embed)  # so the load, not the init, has to put the table there
     report = load_pretrained(vit, tmp_path / "mae.pth")
     assert report.interpolated == ["pos_embed"] and "pos_embed" in report.loaded
     assert report.missing_required == [] and report.mismatched == []
-    assert any("12x4 to a 12x8" in n for n in report.notes) and "interpolated 1: pos_embed" in report.summary()
-    assert torch.equal(vit.pos_embed.data, resize_pos_embed(mae.pos_embed.data, (12, 4), (12, 8)))
+    assert any("sin-cos table of the 12x4 token grid, rebuilt for the model's 12x8" in n for n in report.notes)
+    # the same time positions keep the same embedding; interpolating would have stretched them
+    assert torch.allclose(vit.pos_embed.data, sincos_pos_embed_2d(vit.embed_dim, (12, 8))[None])
+    assert torch.allclose(vit.pos_embed.data[:, 1:].reshape(12, 8, -1)[:, :4], mae.pos_embed.data[:, 1:].reshape(12, 4, -1))
     assert_encoder_equal(vit, mae.state_dict())
     assert vit(ecg(T=400)).shape == (2, 32)
+
+    learned = dict(mae.state_dict())
+    learned["pos_embed"] = learned["pos_embed"] + 0.01 * torch.randn_like(learned["pos_embed"])
+    torch.save({"model": learned}, tmp_path / "learned.pth")
+    report = load_pretrained(vit, tmp_path / "learned.pth")
+    assert report.interpolated == ["pos_embed"] and any("12x4 to a 12x8" in n for n in report.notes)
+    assert "interpolated 1: pos_embed" in report.summary()
+    assert torch.equal(vit.pos_embed.data, resize_pos_embed(learned["pos_embed"], (12, 4), (12, 8)))
 
 
 def test_pos_embed_interpolated_for_other_lead_count(tmp_path):
     mae = tiny_mae(input_size=(12, 200))  # 12 x 4 = 48 tokens
-    torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    state = dict(mae.state_dict())
+    state["pos_embed"] = state["pos_embed"] + 0.01 * torch.randn_like(state["pos_embed"])  # a learned table
+    torch.save({"model": state}, tmp_path / "mae.pth")
     vit = tiny_vit(input_size=(8, 200), global_pool="avg")  # 8 x 4: 48 % 8 == 0 would guess 8 x 6, so say it
     report = load_pretrained(vit, tmp_path / "mae.pth", checkpoint_grid=(12, 4))
     assert report.interpolated == ["pos_embed"]
-    assert torch.equal(vit.pos_embed.data, resize_pos_embed(mae.pos_embed.data, (12, 4), (8, 4)))
+    assert torch.equal(vit.pos_embed.data, resize_pos_embed(state["pos_embed"], (12, 4), (8, 4)))
     vit = tiny_vit(input_size=(5, 200), global_pool="avg")  # 48 % 5 != 0: same columns inferred
     report = load_pretrained(vit, tmp_path / "mae.pth")
-    assert torch.equal(vit.pos_embed.data, resize_pos_embed(mae.pos_embed.data, (12, 4), (5, 4)))
+    assert torch.equal(vit.pos_embed.data, resize_pos_embed(state["pos_embed"], (12, 4), (5, 4)))
 
 
 # ---- refusals -----------------------------------------------------------------------------------------
