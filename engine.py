@@ -469,7 +469,6 @@ def train_one_epoch(loop: Loop, state: TrainState, loader: Iterable, *, epoch: i
                     f"the loss was NaN/inf for {state.nonfinite_streak} optimizer steps in a row (epoch {epoch}, "
                     f"step {state.step}). Lower the learning rate (model.optim.blr), enable gradient "
                     "clipping (trainer.gradient_clip_val=1.0) or use trainer.precision=32.")
-            window_finite = True
             continue
         state.nonfinite_streak = 0
         scaler.unscale_(optimizer)
@@ -645,7 +644,7 @@ def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], O
     return None, None
 
 
-def _utilisation(loop: Loop, samples: float, seconds: float, peak_gflops: float, epoch: int) -> dict:
+def _utilisation(loop: Loop, samples: float, seconds: float, peak_gflops: float) -> dict:
     """The epoch's achieved model TFLOP/s (data loading included: the end-to-end rate) and MFU
     against the measured matmul peak of all ranks."""
     if loop.flops_per_sample is None or seconds <= 0:
@@ -778,7 +777,7 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
                                            data_epoch=0 if s.overfit_batches else epoch, seed=cfg.seed,
                                            config_yaml=config_yaml)
             metrics = {f"train/{k}": v for k, v in train_stats.items()}
-            metrics.update(_utilisation(loop, train_stats["samples"], time.perf_counter() - started, peak, epoch))
+            metrics.update(_utilisation(loop, train_stats["samples"], time.perf_counter() - started, peak))
             if epoch == state_start_epoch and loop.flops_per_sample is not None:
                 log.info("model FLOPs %.3g GFLOP per sample (forward + loss + backward); MFU is against the "
                          "measured matmul peak %.4g TFLOP/s (%s, %s%s)", loop.flops_per_sample / 1e9, peak / 1e3,
