@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 __all__ = ["COMPARED", "mismatches", "describe"]
 
-# the fields that change what a network sees (``normalize``: the ECG loader's per-crop z-score); the
+# the fields that change what a network sees (``normalize``: the signal loader's per-crop z-score); the
 # record length, the source and the options that produced the same values (e.g. the number of ingest
 # workers) may differ
 COMPARED = ("modality", "sampling_rate", "channel_names", "units", "baseline", "clip", "zscore", "normalize",
@@ -42,13 +42,14 @@ def describe(contract: Optional[dict]) -> str:
 
 def check(trained: Optional[dict], given: Optional[dict], *, what: str, policy: str, log: Any = None) -> None:
     """Refuse (``policy`` error) or warn about (``warn``) a contract mismatch; ``what`` names the model.
-    Paired (ECG+CMR) contracts are compared per modality."""
+    A contract of several inputs (one sub-contract per input field, e.g. paired data) is compared
+    input by input."""
     from util.errors import ConfigError
 
-    if trained and given and trained.get("modality") == "paired" and given.get("modality") == "paired":
-        for side in ("ecg", "cmr"):
-            check(trained.get(side), given.get(side), what=f"{what} ({side})", policy=policy, log=log)
-        return
+    if trained and given:
+        nested = [k for k, v in trained.items() if isinstance(v, dict) and isinstance(given.get(k), dict)]
+        for field in nested:
+            check(trained[field], given[field], what=f"{what} ({field})", policy=policy, log=log)
     found = mismatches(trained, given)
     if not found:
         return
