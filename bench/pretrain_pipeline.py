@@ -4,7 +4,7 @@ Setup: a store of --records synthetic ECGs (12 leads x --length samples at 500 H
 written with datasets.store.StoreWriter into a temp dir, and for each model size the config that
 `python main_pretrain.py` composes (util.config.compose on configs/), pointed at that store:
   pluto  the README demo (experiment=pre_training/ecg_demo): MAE pluto (256/2/8, decoder 160/1/8),
-         the demo's batch (32) and num_workers (1);
+         the demo's 2-s crops (1000), batch (16) and num_workers;
   tiny   the paper's pretraining model (experiment=pre_training/ecg_arrhythmia): MAE tiny
          (384/3/6, decoder 256/2/8), patch (1, 100), crop 2500, mask 0.8, batch 64 (the experiment
          says 128), num_workers from configs/data/default.yaml (auto: one on a CPU, more on a GPU).
@@ -494,7 +494,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored dtype (as ingest)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: demo's for pluto, 64 for tiny)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
-    ap.add_argument("--crop", type=int, default=None, help="data.time_steps (default: the config's, 2500)")
+    ap.add_argument("--crop", type=int, default=None, help="data.time_steps (default: the config's)")
     ap.add_argument("--augment-device", choices=("cpu", "device"), default=None,
                     help="data.augment_device (default: the config's, cpu)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
