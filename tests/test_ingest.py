@@ -166,8 +166,11 @@ def ingest_process(raw, out):
     cmd = [sys.executable, "-m", "datasets.ingest", "mimic_iv_ecg", "--raw", str(raw), "--out", str(out), "--quiet",
            "--val", "0.2", "--test", "0.2", "--folds", "2", "--train-subsample", "0.5", "--workers", "1",
            "--chunk", "4"]
+    # SIGINT at its default in the child, as from a terminal: a process started in the background
+    # by a non-interactive shell (or a test that left it ignored) inherits SIG_IGN, and Ctrl-C
+    # would then never reach the ingest
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, proc, seconds=120):
