@@ -145,8 +145,8 @@ def ecg_figure(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[st
                saliency: Optional[np.ndarray] = None, title: Optional[str] = None, layout: str = "12x1",
                saliency_label: str = "attribution", cmap: str = "Reds", rhythm_lead: str = "II",
                units: str = MV) -> plt.Figure:
-    """An ECG ``(leads, T)`` in ``units`` (mV, or SD for z-scored signals) on ECG paper. ``layout`` 12x1: one row per lead, the whole record;
-    3x4: the clinical rows (I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6, each column a quarter of the
+    """An ECG ``(leads, T)`` in ``units`` (mV, or SD for z-scored signals) on ECG paper. ``layout``
+    12x1: one row per lead, the whole record; 3x4: the clinical rows (I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6, each column a quarter of the
     record) and a ``rhythm_lead`` strip (leads other than the standard 12 fall back to 12x1).
     ``saliency`` ``(leads, T)``: drawn as colour inside each lead's own band (a diverging scale when it
     has negative values; the colour saturates at the 99.5th percentile of |saliency|)."""
