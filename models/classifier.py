@@ -19,6 +19,13 @@ Pooling (``SignalViT.pool``): ``cls`` -> ``norm`` on the tokens, then the cls to
 the patch tokens, then ``fc_norm``; ``attention_pool`` -> ``nn.MultiheadAttention`` with query = mean
 of the patch tokens ``(B, 1, D)`` and keys/values = the patch tokens, then ``fc_norm``. ``fc_norm`` is
 applied exactly once (the reference applies it a second time in ``forward_head``; we do not).
+``fc_norm`` is the reference's LayerNorm (``head_norm="layer"``) or a ``BatchNorm1d``
+(``head_norm="batch"``, pooled modes only; a linear probe then has no ``fc_norm``, its head's
+BatchNorm takes the pooled features directly). The BatchNorm suits MAE encoders: their raw block outputs
+carry a component shared by every sample that is tens of times larger than what varies between
+samples. A per-sample LayerNorm keeps that component, so the new head starts out all but blind; a
+per-feature BatchNorm removes it (the MAE paper's linear probe puts a BatchNorm there for the same
+reason).
 
 Training-time masking (only while the encoder trains: ``model.training`` and not a linear probe; never
 at evaluation, unlike the reference, which masks at evaluation too). It acts on the patch tokens
@@ -66,14 +73,16 @@ from util.schema import Bool, Choice, Float, Int, validate_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ECGClassifier", "CLASSIFIER_PARAMS", "POOLINGS", "blockwise_masking", "random_token_masking", "mixup"]
+__all__ = ["ECGClassifier", "CLASSIFIER_PARAMS", "POOLINGS", "HEAD_NORMS", "blockwise_masking", "random_token_masking",
+           "mixup"]
 
 POOLINGS = ("cls", "avg", "attention_pool")
+HEAD_NORMS = ("layer", "batch")
 BN_EPS = 1e-6
 RATIO = Float(0, 1, max_open=True)
 CLASSIFIER_PARAMS = {
     **VIT_PARAMS, "num_classes": Int(min=1), "global_pool": Choice(*POOLINGS), "mask_ratio": RATIO,
-    "mask_c_ratio": RATIO, "mask_t_ratio": RATIO, "linear_probe": Bool(),
+    "mask_c_ratio": RATIO, "mask_t_ratio": RATIO, "linear_probe": Bool(), "head_norm": Choice(*HEAD_NORMS),
 }
 
 
@@ -153,7 +162,9 @@ class ECGClassifier(SignalViT):
 
     Args beyond ``SignalViT``'s: ``global_pool`` one of ``cls`` | ``avg`` | ``attention_pool``;
     ``mask_ratio`` / ``mask_c_ratio`` / ``mask_t_ratio`` training-time token masking, each in [0, 1);
-    ``linear_probe`` freeze the encoder and use a BatchNorm + Linear head. ``drop_path_rate`` rises
+    ``linear_probe`` freeze the encoder and use a BatchNorm + Linear head; ``head_norm`` ``layer`` |
+    ``batch``: ``fc_norm`` a LayerNorm or a BatchNorm1d (``avg`` / ``attention_pool``; in a linear
+    probe, whose head starts with a BatchNorm, ``batch`` drops ``fc_norm``). ``drop_path_rate`` rises
     linearly from 0 (first block) to ``drop_path_rate`` (last block).
     """
 
@@ -173,12 +184,16 @@ class ECGClassifier(SignalViT):
         mask_c_ratio: float = 0.0,
         mask_t_ratio: float = 0.0,
         linear_probe: bool = False,
+        head_norm: str = "layer",
         learnable_pos_embed: bool = True,
         qkv_bias: bool = True,
     ) -> None:
         validate_args(CLASSIFIER_PARAMS, global_pool=global_pool, num_classes=num_classes,
                       drop_path_rate=drop_path_rate, mask_ratio=mask_ratio, mask_c_ratio=mask_c_ratio,
-                      mask_t_ratio=mask_t_ratio, linear_probe=linear_probe)
+                      mask_t_ratio=mask_t_ratio, linear_probe=linear_probe, head_norm=head_norm)
+        if head_norm == "batch" and global_pool == "cls":
+            raise ValueError("head_norm='batch' replaces fc_norm, which only global_pool 'avg' and "
+                             "'attention_pool' have; use head_norm='layer' with 'cls'")
         self.linear_probe = bool(linear_probe)  # set first: train() reads it
         super().__init__(
             input_size=input_size,
@@ -195,6 +210,12 @@ class ECGClassifier(SignalViT):
             learnable_pos_embed=learnable_pos_embed,
         )
         self.mask_ratio, self.mask_c_ratio, self.mask_t_ratio = float(mask_ratio), float(mask_c_ratio), float(mask_t_ratio)
+        self.head_norm = head_norm
+        if head_norm == "batch":
+            # per feature over the batch, not per sample: an MAE's pooled tokens carry a large
+            # component shared by all samples, which a LayerNorm keeps and a BatchNorm removes.
+            # A linear probe's head starts with that BatchNorm already.
+            self.fc_norm = nn.Identity() if self.linear_probe else nn.BatchNorm1d(self.embed_dim, eps=BN_EPS)
         rows, cols = self.patch_embed.grid_size
         kept = _keep_count(rows, self.mask_c_ratio) * _keep_count(cols, self.mask_t_ratio)
         if kept == 0 or _keep_count(kept, self.mask_ratio) == 0:

@@ -220,6 +220,41 @@ def test_linear_probe_attention_pool_warns():
         small(global_pool="attention_pool", linear_probe=True)
 
 
+# ---- head_norm -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("global_pool", ["avg", "attention_pool"])
+def test_batch_head_norm_shows_the_head_what_varies_between_samples_under_a_shared_offset(global_pool):
+    """An MAE's block outputs carry a component every sample shares, tens of times larger than what
+    differs between them. The reference's per-sample LayerNorm passes it on and leaves the head a
+    nearly constant input; head_norm='batch' standardises each feature over the batch."""
+    x = ecg(batch=16)
+    spread = {}
+    for head_norm in ("layer", "batch"):
+        model = small(global_pool=global_pool, head_norm=head_norm).train()
+        with torch.no_grad():
+            model.blocks[-1].mlp.fc2.bias.add_(torch.linspace(-30.0, 30.0, 32))  # the shared component
+            spread[head_norm] = model.forward_features(x).std(dim=0).mean().item()
+    assert isinstance(small(global_pool=global_pool, head_norm="batch").fc_norm, torch.nn.BatchNorm1d)
+    assert spread["batch"] > 0.9
+    assert spread["layer"] < 0.2
+
+
+def test_batch_head_norm_loads_an_mae_encoder_and_is_refused_with_cls_pooling():
+    torch.manual_seed(0)
+    mae = SignalMAE(input_size=(4, 50), patch_size=(1, 10), embed_dim=32, depth=2, num_heads=4,
+                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    model = small(seed=1, global_pool="avg", head_norm="batch")
+    msg = model.load_state_dict(mae.encoder_state_dict(), strict=False)
+    assert set(msg.missing_keys) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias",
+                                     "fc_norm.running_mean", "fc_norm.running_var"}
+    with pytest.raises(ValueError, match="only global_pool 'avg' and 'attention_pool'"):
+        small(global_pool="cls", head_norm="batch")
+    # a linear probe's head starts with the BatchNorm: the pooled features go straight to it
+    probe = small(global_pool="avg", head_norm="batch", linear_probe=True)
+    assert isinstance(probe.fc_norm, torch.nn.Identity) and isinstance(probe.head[0], torch.nn.BatchNorm1d)
+    with pytest.raises(ValueError, match="head_norm"):
+        small(global_pool="avg", head_norm="group")
+
+
 # ---- loading MAE encoder weights -------------------------------------------------------------------------
 @pytest.mark.parametrize("global_pool", POOLS)
 @pytest.mark.parametrize("linear_probe", [False, True])
