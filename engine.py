@@ -293,6 +293,24 @@ def num_batches(loader: Iterable, limit: Any) -> int:
     return min(total, int(limit))
 
 
+def check_batch_norm_batches(objective: torch.nn.Module, loader: Any) -> None:
+    """Refuse, before the first step, a training loader that would hand a BatchNorm in training mode
+    a batch of one record (it cannot compute batch statistics and would fail mid-epoch)."""
+    objective.train()  # as the epoch loop will: frozen parts put their own norms in eval mode
+    norms = [name for name, module in objective.named_modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training]
+    if not norms:
+        return
+    per_rank, size = len(getattr(loader, "epoch_sampler", loader.dataset)), int(loader.batch_size)
+    if size == 1:
+        raise ConfigError(f"data.batch_size=1, and the model's BatchNorm ({norms[0]}) cannot train on a batch "
+                          "of one record; raise data.batch_size")
+    if per_rank % size == 1 and not loader.drop_last:
+        raise ConfigError(f"the last training batch has one record ({per_rank} records per rank, batch_size "
+                          f"{size}), and the model's BatchNorm ({norms[0]}) cannot train on it; set "
+                          "data.drop_last=true or change data.batch_size")
+
+
 def build_optimizer(objective: torch.nn.Module, effective_batch: int,
                     device: Optional[torch.device] = None) -> tuple[torch.optim.Optimizer, float]:
     """AdamW over ``objective.param_groups()``; lr = ``optim.lr``, or ``blr * effective_batch / lr_batch_divisor``.
@@ -726,6 +744,7 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     s = LoopSettings.from_config(cfg.trainer)
     optim, output_dir = objective.optim, cfg.paths.output_dir
     train_loader = data.loaders["train"]
+    check_batch_norm_batches(objective, train_loader)
     effective_batch = int(train_loader.batch_size) * s.accumulate_grad_batches * rt.world_size
     optimizer, lr = build_optimizer(objective, effective_batch, rt.device)
     s.lr, s.min_lr, s.warmup_epochs = lr, float(optim["min_lr"]), float(optim["warmup_epochs"])

@@ -17,14 +17,18 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+import engine
 import main_finetune
 import main_pretrain
 from builders import PRETRAIN_TINY, finetune_overrides, tiny_store  # tests/ is on sys.path
 from datasets.demo import build_demo
 from datasets.store import STANDARD_LEADS, Store, make_splits, write_store
+from models.classifier import ECGClassifier
 from util import cli
 from util.checkpoint import load_checkpoint
+from util.errors import ConfigError
 from util.files import temp_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +134,28 @@ def test_all_bad_values_are_reported_at_once(assets, tmp_path, capsys):
     # model.optim.epochs follows trainer.max_epochs, and says so
     one_message(capsys.readouterr().err, "5 config values are invalid", "trainer.max_epochs", "data.batch_size",
                 "bootstrap", "model.global_pool", "as ${trainer.max_epochs}, which the override trainer.max_epochs=0 sets")
+
+
+def test_values_that_do_not_go_together_are_one_message_before_any_work(assets, tmp_path, capsys):
+    assert finetune(assets, tmp_path, "model.global_pool=cls", "model.head_norm=batch") == 2
+    one_message(capsys.readouterr().err, "head_norm='batch'", "global_pool 'avg' and 'attention_pool'")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_batchnorm_model_is_refused_batches_of_one_record_before_training(assets, tmp_path, capsys):
+    assert finetune(assets, tmp_path, "model.global_pool=avg", "model.head_norm=batch", "data.batch_size=1") == 2
+    one_message(capsys.readouterr().err, "data.batch_size=1", "BatchNorm (net.fc_norm)", "raise data.batch_size")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the last batch of an epoch, when drop_last is off
+    for head_norm, drop_last, refused in (("batch", False, True), ("batch", True, False), ("layer", False, False)):
+        model = ECGClassifier(input_size=(4, 50), patch_size=(1, 10), embed_dim=32, depth=1, num_heads=4,
+                              num_classes=3, global_pool="avg", head_norm=head_norm)
+        loader = DataLoader(list(range(17)), batch_size=8, drop_last=drop_last)
+        if refused:
+            with pytest.raises(ConfigError, match=r"last training batch has one record \(17 records"):
+                engine.check_batch_norm_batches(model, loader)
+        else:
+            engine.check_batch_norm_batches(model, loader)
 
 
 def test_a_bad_value_in_a_config_file_names_the_file(assets, tmp_path, capsys):
