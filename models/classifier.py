@@ -210,7 +210,6 @@ class ECGClassifier(SignalViT):
             learnable_pos_embed=learnable_pos_embed,
         )
         self.mask_ratio, self.mask_c_ratio, self.mask_t_ratio = float(mask_ratio), float(mask_c_ratio), float(mask_t_ratio)
-        self.head_norm = head_norm
         if head_norm == "batch":
             # per feature over the batch, not per sample: an MAE's pooled tokens carry a large
             # component shared by all samples, which a LayerNorm keeps and a BatchNorm removes.
