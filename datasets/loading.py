@@ -39,7 +39,8 @@ from util.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 __all__ = ["InputSpec", "DataInfo", "Data", "KeyedDataset", "StoreSource", "label_tensor", "EpochIndexSampler",
-           "resolve_split", "train_subset", "split_records", "make_loader", "build_loaders", "shutdown_workers"]
+           "resolve_split", "train_subset", "split_records", "make_loader", "rebatch", "build_loaders",
+           "shutdown_workers"]
 
 
 # the loader keys of configs/data/default.yaml, shared by every data kind
@@ -106,6 +107,11 @@ class Data:
     device_transforms: dict[str, Callable] = field(default_factory=dict)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     record_ids: Optional[Callable[[Sequence[int]], list]] = None  # store records -> their ids
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Rebuild every loader with ``batch_size`` (e.g. the largest that fits, ``engine.find_batch_size``);
+        the same datasets, samplers' seeds and worker settings."""
+        self.loaders = {name: rebatch(loader, batch_size) for name, loader in self.loaders.items()}
 
 
 class KeyedDataset(Dataset):
@@ -311,9 +317,20 @@ def make_loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: 
                         worker_init_fn=_worker_init if num_workers > 0 else None,
                         generator=torch.Generator().manual_seed(seed))
     loader.epoch_sampler = sampler
+    loader.make_args = dict(dataset=dataset, train=train, num_workers=num_workers, pin_memory=pin_memory,
+                            persistent_workers=persistent_workers, drop_last=drop_last, seed=seed,
+                            world_size=world_size, rank=rank, what=what)
     if num_workers > 0:
         _LOADERS.add(loader)
     return loader
+
+
+def rebatch(loader: DataLoader, batch_size: int) -> DataLoader:
+    """``loader`` made again by ``make_loader`` with another ``batch_size`` (a ``DataLoader`` cannot
+    change it); the old one's workers are stopped."""
+    shutdown_workers(loader)
+    _LOADERS.discard(loader)
+    return make_loader(batch_size=batch_size, **loader.make_args)
 
 
 def resolve_num_workers(value: Any, world_size: int = 1) -> int:
