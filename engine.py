@@ -18,6 +18,7 @@ applies the on-device transforms and gathers per-sample outputs by field name on
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -28,9 +29,11 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
+import yaml
 import torch.distributed as dist
 
 from util import distributed, sweeps
+from util.batch_size import largest_fitting
 from util.checkpoint import LAST, CheckpointManager, EarlyStopping, load_checkpoint
 from util.collectives import convert_sync_batchnorm
 from util.cli import EXTRAS_SCHEMA
@@ -43,7 +46,7 @@ from util.preemption import PreemptionWatcher
 from util.profiler import Profiler
 from util.run_logger import LOGGER_SCHEMA, RunLogger, check_installed
 from util.schema import AnyOf, Bool, Choice, Float, Int, List, Problem, SchemaError, Section, Str, check
-from util.seeding import derive_seed, rng_state
+from util.seeding import derive_seed, rng_state, set_rng_state
 from util.train_state import TrainState, check_checkpoint_kind, run_identity
 from datasets.check_overlap import warn_pretraining_overlap
 from datasets.loading import shutdown_workers
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Runtime", "setup", "build_objective", "LoopSettings", "Loop", "fit", "FitResult", "train_one_epoch",
            "evaluate", "Evaluation", "embed", "num_batches", "unwrap", "resolve_precision", "make_scaler", "Precision"]
 
+# trainer.find_batch_size probes for out-of-memory errors, which only a GPU raises before the machine swaps
+BATCH_SEARCH_DEVICES = ("cuda",)
 VAL_SEED_OFFSET = 2**31 - 1  # the validation generator's seed: derive_seed(seed, VAL_SEED_OFFSET)
 
 
@@ -77,7 +82,7 @@ TRAINER_SCHEMA = {
     "fast_dev_run": AnyOf(Bool(), Int(min=1)), "limit_train_batches": _LIMIT, "limit_val_batches": _LIMIT,
     "limit_test_batches": _LIMIT, "overfit_batches": Int(min=0), "detect_anomaly": Bool(),
     "profiler": Choice("simple", "pytorch", nullable=True), "max_nonfinite_steps": Int(min=1),
-    "enable_progress_bar": Bool(), "compile": Bool(),
+    "enable_progress_bar": Bool(), "compile": Bool(), "find_batch_size": Bool(),
     "compile_mode": Choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 _MODE = Choice("min", "max")
@@ -166,6 +171,10 @@ def setup(cfg: Config, script: str) -> Runtime:
                     "from the launcher, e.g. torchrun --nproc_per_node=%s %s ...", trainer.devices,
                     trainer.num_nodes, world_size, trainer.devices, script)
     precision = resolve_precision(trainer.precision, device)
+    if trainer.find_batch_size and device.type not in BATCH_SEARCH_DEVICES:
+        raise ConfigError(f"trainer.find_batch_size=true searches the largest batch that fits in GPU memory, and this "
+                          f"run is on {device.type} (nothing runs out of memory there before the machine swaps); set "
+                          "data.batch_size instead, or run on a CUDA device")
     if trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.autograd.set_detect_anomaly(bool(trainer.detect_anomaly))
@@ -255,6 +264,7 @@ class LoopSettings:
     lr_logging: Optional[str] = None     # callbacks.lr_monitor.logging_interval: step | epoch | None (no train/lr)
     compile: bool = False                # torch.compile the objective's forward + loss (trainer.compile)
     compile_mode: str = "default"
+    find_batch_size: bool = False        # replace data.batch_size by the largest that fits (CUDA)
     lr: float = 0.0                      # the LR schedule, from the objective's optim block (fit)
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
@@ -278,7 +288,8 @@ class LoopSettings:
                    log_every_n_steps=_whole(trainer, "log_every_n_steps", 1), overfit_batches=overfit,
                    fast_dev_run=fast, max_nonfinite_steps=_whole(trainer, "max_nonfinite_steps", 1),
                    progress_bar=bool(trainer.enable_progress_bar), profiler=trainer.profiler,
-                   compile=bool(trainer.compile), compile_mode=str(trainer.compile_mode), **limits)
+                   compile=bool(trainer.compile), compile_mode=str(trainer.compile_mode),
+                   find_batch_size=bool(trainer.find_batch_size), **limits)
 
 
 def num_batches(loader: Iterable, limit: Any) -> int:
@@ -344,6 +355,89 @@ def apply_transforms(batch: dict, transforms: dict, generator: Optional[torch.Ge
         for name, transform in transforms.items():
             batch[name] = transform(batch[name], generator=generator)
     return batch
+
+
+def tile_batch(batch: dict, size: int) -> dict:
+    """``batch`` repeated along its first axis to ``size`` samples (tensors and lists alike)."""
+    pick = torch.arange(size) % batch_size(batch)
+    tiled = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            value = value[pick]
+        elif isinstance(value, (list, tuple)):
+            value = [value[i] for i in pick.tolist()]
+        tiled[key] = value
+    return tiled
+
+
+# ----------------------------------------------------------------------------------------
+# The largest batch that fits (trainer.find_batch_size)
+# ----------------------------------------------------------------------------------------
+
+def find_batch_size(objective: torch.nn.Module, loader: Any, rt: "Runtime", transforms: dict, *, start: int) -> int:
+    """The largest per-rank training batch, at most the records a rank trains on and a multiple of 8
+    (``util.batch_size.largest_fitting``, from ``start``), for which two training steps of
+    ``objective`` -- forward and loss under the run's autocast, backward, an AdamW step, so the
+    optimizer state counts -- run without running out of device memory. A probe batch is the first
+    records of ``loader``'s dataset, repeated. Every rank probes the same sizes and a size fits when it
+    fits on all of them; batch norms run in eval mode meanwhile when there are several ranks (a
+    synchronised one would wait on a rank that ran out of memory). Weights, buffers and the RNG are
+    restored afterwards. The probe runs eager: a compiled step needs no more memory."""
+    per_rank = len(loader.epoch_sampler)
+    first = [loader.dataset[i] for i in range(min(per_rank, 64))]
+    sample = loader.collate_fn(first)
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in objective.state_dict().items()}
+    rng = rng_state()
+    norms = [m for m in objective.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+             and m.training] if rt.world_size > 1 else []
+    for norm in norms:
+        norm.eval()
+    scaler = make_scaler(rt.precision)
+    generator = torch.Generator(device=rt.device).manual_seed(0)
+
+    def fits(size: int) -> bool:
+        optimizer, _ = build_optimizer(objective, size, rt.device)
+        ok = True
+        try:
+            batch = apply_transforms(to_device(tile_batch(sample, size), rt.device), transforms, generator)
+            for _ in range(2):
+                with rt.precision.autocast():
+                    loss = objective(batch, generator=generator)["loss"]
+                scaler.scale(loss.float()).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                del loss
+            del batch
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize(rt.device)
+        except torch.OutOfMemoryError:
+            ok = False
+        objective.zero_grad(set_to_none=True)
+        del optimizer
+        gc.collect()
+        if rt.device.type == "cuda":
+            torch.cuda.empty_cache()
+        flag = torch.tensor(float(ok), device=rt.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item())
+        log.info("find_batch_size: a batch of %d %s", size, "fits" if ok else "does not fit")
+        return ok
+
+    try:
+        found = largest_fitting(fits, start=start, limit=per_rank)
+    finally:
+        objective.load_state_dict(saved)
+        set_rng_state(rng)
+        for norm in norms:
+            norm.train()
+    if found < 1:
+        raise ConfigError("trainer.find_batch_size: not even a batch of 1 record fits in device memory; choose a "
+                          "smaller model (model.size) or a lower precision (trainer.precision=bf16-mixed)")
+    log.info("find_batch_size: data.batch_size=%d per rank (the largest that fits, at most the %d records a rank "
+             "trains on)", found, per_rank)
+    return found
 
 
 def _scalars(outputs: dict) -> dict:
@@ -635,7 +729,7 @@ def callbacks(cfg: Config) -> tuple[CheckpointManager, Optional[EarlyStopping]]:
                                   divergence_threshold=es.divergence_threshold)
 
 
-def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], Optional[dict]]:
+def _resume_checkpoint(cfg: Config, folder: str) -> tuple[Optional[str], Optional[dict]]:
     """``(path, checkpoint)`` to continue from: ``ckpt_path``, or with ``resume=auto`` the run's
     ``last.pt``; when that is missing or unreadable, the newest intact checkpoint beside it (with a
     warning that names it). ``(None, None)``: start afresh."""
@@ -643,7 +737,6 @@ def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], O
         return cfg.ckpt_path, load_checkpoint(cfg.ckpt_path)
     if cfg.resume != "auto":
         return None, None
-    folder = state.checkpoints.dirpath
     last = os.path.join(folder, LAST)
     others = sorted((os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
                      if f.endswith(".pt") and f != LAST and not f.startswith(".")),
@@ -660,6 +753,24 @@ def _resume_checkpoint(cfg: Config, state: TrainState) -> tuple[Optional[str], O
         return path, ckpt
     log.info("resume=auto: no checkpoint in %s yet; starting from scratch", folder)
     return None, None
+
+
+def _set_found_batch_size(cfg: Config, objective: torch.nn.Module, data: Any, rt: Runtime,
+                          resume_ckpt: Optional[dict]) -> None:
+    """``trainer.find_batch_size``: rebuild ``data``'s loaders with the largest batch that fits, and
+    record it as ``cfg.data.batch_size`` (checkpoints keep it). A resumed run takes its checkpoint's
+    batch size instead: a mid-epoch resume skips the records of the batches done, and the LR follows
+    the effective batch."""
+    found = None
+    if resume_ckpt is not None:
+        found = (yaml.safe_load(resume_ckpt.get("config") or "") or {}).get("data", {}).get("batch_size")
+        if isinstance(found, int):
+            log.info("find_batch_size: data.batch_size=%d from the checkpoint resumed (no new search)", found)
+    if not isinstance(found, int):
+        found = find_batch_size(objective, data.loaders["train"], rt, data.device_transforms,
+                                start=int(cfg.data.batch_size))
+    data.set_batch_size(found)
+    cfg.data.batch_size = found
 
 
 def _utilisation(loop: Loop, samples: float, seconds: float, peak_gflops: float) -> dict:
@@ -743,6 +854,10 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
                           "main_artifacts.py); choose a model that trains, e.g. model=mae or model=ecg_classifier")
     s = LoopSettings.from_config(cfg.trainer)
     optim, output_dir = objective.optim, cfg.paths.output_dir
+    checkpoints, early_stopping = callbacks(cfg)
+    resume_path, resume_ckpt = _resume_checkpoint(cfg, checkpoints.dirpath)
+    if s.find_batch_size:
+        _set_found_batch_size(cfg, objective, data, rt, resume_ckpt)
     train_loader = data.loaders["train"]
     check_batch_norm_batches(objective, train_loader)
     effective_batch = int(train_loader.batch_size) * s.accumulate_grad_batches * rt.world_size
@@ -754,7 +869,6 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     log.info("effective batch %d (batch %d x accumulate %d x world %d), lr %.3g (blr %s / divisor %s)",
              effective_batch, train_loader.batch_size, s.accumulate_grad_batches, rt.world_size, lr, optim["blr"],
              optim["lr_batch_divisor"])
-    checkpoints, early_stopping = callbacks(cfg)
     identity = run_identity(objective, data.info)
     state = TrainState(objective, optimizer, make_scaler(rt.precision), checkpoints=checkpoints,
                        early_stopping=early_stopping, extra=objective.stateful(), identity=identity)
@@ -770,7 +884,6 @@ def fit(cfg: Config, rt: Runtime, objective: torch.nn.Module, data: Any) -> FitR
     if s.compile:  # the checkpoints keep the plain objective's keys: only the forward is compiled
         model = torch.compile(model, mode=s.compile_mode)
         log.info("torch.compile (mode %s): the first steps compile", s.compile_mode)
-    resume_path, resume_ckpt = _resume_checkpoint(cfg, state)
     if resume_path:
         check_checkpoint_kind(resume_ckpt, identity, resume_path, use="resume",
                               contract_policy=data.info.contract_policy)
