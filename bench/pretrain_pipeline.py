@@ -7,8 +7,11 @@ written with datasets.store.StoreWriter into a temp dir, and for each model size
          the demo's 2-s crops (1000), batch (16) and num_workers;
   tiny   the paper's pretraining model (experiment=pre_training/ecg_arrhythmia): MAE tiny
          (384/3/6, decoder 256/2/8), patch (1, 100), crop 2500, mask 0.8, batch 64 (the experiment
-         says 128), num_workers from configs/data/default.yaml (auto: one on a CPU, more on a GPU).
---batch / --workers / --crop / --augment-device override what the config gives. Everything else
+         says 128), num_workers from configs/data/default.yaml (auto: none on a CPU, more on a GPU);
+  base   the same experiment with a ViT-base-sized MAE (768/12/12, decoder 512/8/16).
+--batch / --workers / --crop / --augment-device override what the config gives; --batch max (CUDA)
+takes the largest batch that fits, found as trainer.find_batch_size=true finds it (at most
+--records: give it a store large enough). Everything else
 (augmentations, pin_memory, persistent workers, precision `auto`, optimizer) is the config's.
 
 Measured in ONE run; per size, rounds of (a) -> (d) -> (b) -> (c), so load from other processes
@@ -42,7 +45,9 @@ made ready while the other passes ran are taken and dropped, so the pass does no
 the pass then starts with every worker busy and its queue empty, which costs it at most one batch's
 worth of one worker's time per round (what every epoch start costs a real run as well). (d) follows
 (a) on the same loader, in the state (a) left it in. One --warmup step of each pass precedes the
-rounds. Also reported: the worker count, the config's loader defaults and what the loader made of
+rounds. Also reported: the model FLOPs per sample (util.flops' counter on the first model-only step,
+as engine.fit counts them) and the MFU of (a) and (b) against the measured matmul peak in the
+run's precision (util.flops.matmul_peak_gflops), the worker count, the config's loader defaults and what the loader made of
 them on this device, and peak RSS. This process: resource.getrusage ru_maxrss (cumulative over the
 sizes, which run pluto first; also printed right after the imports and the store writing). Its
 workers (those of (a) and (c), per size): with psutil, each child's RSS sampled after every pass;
@@ -55,8 +60,8 @@ other jobs, torch's default (one per core) can be several times slower than 1.
 --set KEY=VALUE adds any config override (e.g. trainer.precision=32, data.pin_memory=false).
 
 Run from the repository root:
-    python bench/pretrain_pipeline.py [--sizes pluto,tiny] [--records 2048] [--length 5000]
-        [--dtype float16|float32] [--batch B] [--workers N] [--crop T] [--augment-device cpu|device]
+    python bench/pretrain_pipeline.py [--sizes pluto,tiny,base] [--records 2048] [--length 5000]
+        [--dtype float16|float32] [--batch B|max] [--workers N] [--crop T] [--augment-device cpu|device]
         [--rounds 3] [--steps-per-round 6] [--warmup 1] [--threads N] [--device cpu|cuda]
         [--set KEY=VALUE ...] [--out results.json]
 The smallest run, seconds (tests/test_bench_pipeline.py runs it in-process):
@@ -92,6 +97,7 @@ from datasets.loading import shutdown_workers  # noqa: E402
 from datasets.store import STANDARD_LEADS, Store, StoreWriter, make_splits  # noqa: E402
 from models.vit import VIT_SIZES  # noqa: E402
 from util.config import compose, load_yaml  # noqa: E402
+from util.flops import matmul_peak_gflops  # noqa: E402
 from util.lr_sched import lr_at, set_lr  # noqa: E402
 from util.schema import Str  # noqa: E402
 from util.train_state import TrainState  # noqa: E402
@@ -101,6 +107,7 @@ STAGES = ("loader wait", "host-to-device", "device augment", "forward+loss", "ba
 SIZES = {  # size -> (experiment, default batch: None = the config's)
     "pluto": ("pre_training/ecg_demo", None),
     "tiny": ("pre_training/ecg_arrhythmia", 64),
+    "base": ("pre_training/ecg_arrhythmia", 64),  # ViT-base-sized (768/12/12, decoder 512/8/16)
 }
 
 
@@ -134,7 +141,7 @@ def bench_config(size: str, tmp: Path, args, store_length: int):
             f"model.size={size}"]
     probe = compose(str(REPO / "configs"), "pretrain", base, job_name="main_pretrain")
     overrides = list(base)
-    batch = args.batch or default_batch
+    batch = args.batch if args.batch not in (None, "max") else default_batch
     if batch:
         overrides.append(f"data.batch_size={batch}")
     if args.workers is not None:
@@ -274,15 +281,27 @@ class PeakRSS:
         return out
 
 
+def _batch_arg(text: str):
+    if text == "max":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("a batch size is a positive integer or max")
+    return value
+
+
 def bench_size(size: str, tmp: Path, args, rss: PeakRSS) -> dict:
     cfg, probe, overrides, note = bench_config(size, tmp, args, args.length)
     rss.reset()
     rt = engine.setup(cfg, "bench/pretrain_pipeline.py")
     device = rt.device
     data = build_data(cfg.data, ("train",), seed=cfg.seed, world_size=1, rank=0, training=True)
+    objective = engine.build_objective(cfg, data.info, rt)
+    if args.batch == "max":  # what trainer.find_batch_size=true does before training
+        data.set_batch_size(engine.find_batch_size(objective, data.loaders["train"], rt, data.device_transforms,
+                                                   start=int(cfg.data.batch_size)))
     loader = data.loaders["train"]
     B, W = int(loader.batch_size), int(loader.num_workers)
-    objective = engine.build_objective(cfg, data.info, rt)
 
     # what engine.fit builds before the epochs
     settings = engine.LoopSettings.from_config(cfg.trainer)
@@ -382,7 +401,8 @@ def bench_size(size: str, tmp: Path, args, rss: PeakRSS) -> dict:
     dropped_a, dropped_c = prefetched(loader), prefetched(ref_loader)
     # warm-up: first iterations, workers started, allocator warm
     engine_steps(loop, stream, args.warmup)
-    engine_steps(loop_model_only, itertools.repeat(fixed), args.warmup)
+    loop_model_only.count_flops = True  # FLOPs per sample of the first step, as engine.fit counts them
+    engine_steps(loop_model_only, itertools.repeat(fixed), max(1, args.warmup))
     ref_steps(args.warmup)
     rates = {"end_to_end": [], "model_only": [], "reference": []}
     for _ in range(args.rounds):
@@ -411,9 +431,14 @@ def bench_size(size: str, tmp: Path, args, rss: PeakRSS) -> dict:
         "params_m": sum(p.numel() for p in objective.parameters() if p.requires_grad) / 1e6,
         "dropped_prefetched": {"end_to_end": dropped_a, "reference": dropped_c},
     }
+    flops = loop_model_only.flops_per_sample
+    peak = matmul_peak_gflops(device, rt.precision.dtype)
+    result["gflop_per_sample"], result["peak_tflops"] = (flops or 0.0) / 1e9, peak / 1e3
     for name, values in rates.items():
         med = statistics.median(values)
         result[name] = {"samples_per_s": med, "step_ms": B / med * 1e3, "rounds": values}
+        if name != "reference" and flops:  # the reference runs the same model FLOPs, counted on ours
+            result[name]["mfu"] = flops * med / 1e9 / peak
     result["breakdown"] = {
         "stages_ms": means, "sum_ms": total, "wall_ms": statistics.fmean(wall_ms),
         "end_to_end_step_ms": B / e2e * 1e3, "bound": bound, "bound_share": means[bound] / total,
@@ -452,7 +477,7 @@ def print_size(r: dict) -> None:
     print()
     print(f"== {r['size']} ({r['params_m']:.2f}M params), batch {r['batch']}, crop {r['crop']}, workers "
           f"{r['workers']}, {r['precision']} on {r['device']}" + (f"; {r['note']}" if r["note"] else ""))
-    hdr = f"{'pipeline':<62} {'samples/s [min-max]':>24} {'ms/step':>9}"
+    hdr = f"{'pipeline':<62} {'samples/s [min-max]':>24} {'ms/step':>9} {'MFU':>6}"
     print(hdr)
     print("-" * len(hdr))
     names = {"end_to_end": "(a) end-to-end: store -> loader -> engine.train_one_epoch",
@@ -461,7 +486,10 @@ def print_size(r: dict) -> None:
     for key, label in names.items():
         v = r[key]
         span = f"{v['samples_per_s']:.1f} [{min(v['rounds']):.1f}-{max(v['rounds']):.1f}]"
-        print(f"{label:<62} {span:>24} {v['step_ms']:>9.1f}")
+        mfu = f"{100 * v['mfu']:.1f}%" if "mfu" in v else ""
+        print(f"{label:<62} {span:>24} {v['step_ms']:>9.1f} {mfu:>6}")
+    print(f"MFU: {r['gflop_per_sample']:.3g} GFLOP per sample (forward + loss + backward, util.flops) against the "
+          f"measured {r['precision']} matmul peak {r['peak_tflops']:.4g} TFLOP/s")
     b = r["breakdown"]
     print(f"(d) breakdown of (a), mean over {b['steps']} steps"
           + (" (synchronised between stages)" if r["device"].startswith("cuda") else "") + ":")
@@ -488,11 +516,14 @@ def print_size(r: dict) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="pluto,tiny", help="comma-separated: pluto (the demo), tiny (the paper's)")
+    ap.add_argument("--sizes", default="pluto,tiny",
+                    help="comma-separated: pluto (the demo), tiny (the paper's), base (ViT-base-sized)")
     ap.add_argument("--records", type=int, default=2048, help="records N in the store")
     ap.add_argument("--length", type=int, default=5000, help="samples T per record (500 Hz)")
     ap.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored dtype (as ingest)")
-    ap.add_argument("--batch", type=int, default=None, help="batch size (default: demo's for pluto, 64 for tiny)")
+    ap.add_argument("--batch", type=_batch_arg, default=None,
+                    help="batch size, or max: the largest that fits (CUDA; engine.find_batch_size); default: the "
+                         "demo's for pluto, 64 for tiny and base")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     ap.add_argument("--crop", type=int, default=None, help="data.time_steps (default: the config's)")
     ap.add_argument("--augment-device", choices=("cpu", "device"), default=None,
@@ -512,6 +543,8 @@ def main(argv=None) -> dict:
         ap.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is available")
+    if args.batch == "max" and args.device != "cuda":
+        ap.error("--batch max searches the largest batch that fits in GPU memory: use it with --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -1,5 +1,5 @@
-"""bench/pretrain_pipeline.py still runs (its smallest setting, in this process): the three rates and
-the stage breakdown are reported. Not a timing assertion: the bounds are loose on purpose."""
+"""bench/pretrain_pipeline.py still runs (its smallest setting, in this process): the three rates, the
+MFU and the stage breakdown are reported. Not a timing assertion: the bounds are loose on purpose."""
 import importlib.util
 import json
 import os
@@ -32,6 +32,9 @@ def test_the_pipeline_bench_reports_three_rates_and_a_breakdown_that_adds_up(tmp
     assert result["batch"] == 8 and result["workers"] == 0 and result["crop"] == 400  # the demo's 1000 does not fit
     for name in ("end_to_end", "model_only", "reference"):
         assert result[name]["samples_per_s"] > 0 and len(result[name]["rounds"]) == 2
+    # MFU of our two pipelines from the engine's FLOP count against the measured peak
+    assert result["gflop_per_sample"] > 0 and result["peak_tflops"] > 0 and "MFU:" in printed
+    assert 0 < result["end_to_end"]["mfu"] <= result["model_only"]["mfu"] * 2 and 0 < result["model_only"]["mfu"] < 2
     b = result["breakdown"]
     assert list(b["stages_ms"]) == list(bench.STAGES) and all(v >= 0 for v in b["stages_ms"].values())
     assert b["steps"] == 4 and b["bound"] in bench.STAGES
